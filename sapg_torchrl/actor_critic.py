@@ -1,0 +1,134 @@
+"""SAPG's actor-critic as TorchRL modules: one network for all blocks, conditioned per block.
+
+:func:`make_actor_critic` returns a :class:`~torchrl.modules.ProbabilisticActor` and a critic
+(:class:`~tensordict.nn.TensorDictSequential`) that read ``observation`` and ``block_id``, in three
+architectures:
+
+- ``shared_trunk=True`` (released code): one trunk on ``cat(obs, phi_b)`` with a mean head and a value
+  head; ``phi_b`` gets gradients from the policy, value and entropy terms.
+- ``shared_trunk=False`` (paper): separate actor and critic trunks, both conditioned on the same
+  ``phi_b``.
+- ``disjoint=True`` (ablation): ``M`` independent networks (no phi), evaluated in one vmapped call.
+
+In every case each block has its own learned log-std vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.modules.value_norm import ValueNorm
+
+from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, mlp
+
+__all__ = ["make_actor_critic"]
+
+
+class _Unconditioned(nn.Module):
+    """Adapts a plain module to the ``(x, block_id)`` signature (the block id is ignored)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x, block_id):
+        return self.module(x)
+
+
+class _PerBlock(nn.Module):
+    """Adapts :class:`Blockwise` to the ``(x, block_id)`` signature."""
+
+    def __init__(self, blockwise: Blockwise):
+        super().__init__()
+        self.blockwise = blockwise
+
+    def forward(self, x, block_id):
+        return self.blockwise(x, block_id=block_id)
+
+
+def make_actor_critic(
+    observation_dim: int,
+    action_dim: int,
+    num_blocks: int,
+    *,
+    hidden: Sequence[int] = (256, 256, 128),
+    phi_dim: int = 32,
+    shared_trunk: bool = True,
+    disjoint: bool = False,
+    activation: str = "elu",
+    value_norm: ValueNorm | None = None,
+    observation_key="observation",
+    block_id_key="block_id",
+) -> tuple[ProbabilisticActor, TensorDictSequential]:
+    """Builds the block-conditioned Gaussian actor and the critic.
+
+    Args:
+        observation_dim (int): width of the observation (normalise it in the env, e.g. with
+            :class:`~torchrl.envs.VecNormV2`; phi is never normalised).
+        action_dim (int): width of the action.
+        num_blocks (int): number of blocks ``M``.
+
+    Keyword Args:
+        hidden (sequence of int): trunk widths. Defaults to ``(256, 256, 128)``.
+        phi_dim (int): width of each block's conditioning vector (32 in the code, 16 in the paper).
+        shared_trunk (bool): one trunk for actor and critic (code) or one each (paper).
+        disjoint (bool): ``M`` separate networks without phi (the ``disjoint`` ablation); overrides
+            ``phi_dim``.
+        activation (str): hidden activation. Defaults to ``"elu"``.
+        value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
+            critic denormalises them with these statistics (pass the same object to
+            :class:`~sapg_torchrl.SAPGLoss`).
+        observation_key, block_id_key (NestedKey): input keys.
+
+    Returns:
+        ``(actor, critic)``: the actor writes ``loc``, ``scale``, ``action`` and the action's
+        log-prob; the critic writes ``state_value``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> actor, critic = make_actor_critic(3, 2, num_blocks=4, hidden=(16,))
+        >>> td = TensorDict(observation=torch.randn(8, 3), block_id=torch.arange(4).repeat(2), batch_size=[8])
+        >>> actor(td)["action"].shape, critic(td)["state_value"].shape
+        (torch.Size([8, 2]), torch.Size([8, 1]))
+    """
+    hidden = tuple(hidden)
+    width = hidden[-1]
+
+    def trunk() -> nn.Module:
+        if disjoint:
+            return _PerBlock(Blockwise(lambda: mlp(observation_dim, hidden, activation), num_blocks))
+        return ConditionedMLP(observation_dim, hidden, phi, activation)
+
+    def head(out_features: int) -> nn.Module:
+        if disjoint:
+            return _PerBlock(Blockwise(lambda: nn.Linear(width, out_features), num_blocks))
+        return _Unconditioned(nn.Linear(width, out_features))
+
+    phi = None if disjoint else nn.Embedding(num_blocks, phi_dim)  # N(0, 1) init, as in the code
+    ins = [observation_key, block_id_key]
+    actor_trunk = TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"])
+    critic_trunk = actor_trunk if shared_trunk else TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"])
+    critic_hidden = critic_trunk.out_keys[0]
+
+    loc = TensorDictModule(head(action_dim), in_keys=["actor_hidden", block_id_key], out_keys=["loc"])
+    log_std = TensorDictModule(
+        BlockLogStd(num_blocks, action_dim), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
+    )
+    actor = ProbabilisticActor(
+        TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        distribution_class=IndependentNormal,
+        return_log_prob=True,
+    )
+
+    steps = [critic_trunk, TensorDictModule(head(1), in_keys=[critic_hidden, block_id_key], out_keys=["state_value"])]
+    if value_norm is not None:
+        steps.append(TensorDictModule(Denormalize(value_norm), in_keys=["state_value"], out_keys=["state_value"]))
+    critic = TensorDictSequential(*steps, selected_out_keys=["state_value"])
+    return actor, critic

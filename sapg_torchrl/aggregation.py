@@ -1,0 +1,156 @@
+"""Aggregation: which blocks' rollouts are relabelled to train which other block.
+
+- ``"leader_follower"`` (SAPG): each iteration, ``K`` follower blocks are drawn uniformly without
+  replacement (a fresh draw each time); their transitions are copied, relabelled to the leader, and get
+  one-step TD targets under the leader's critic as it is before the update.
+- ``"symmetric"`` (ablation): every block ``b`` receives the data of block ``(b + r) mod M``, one random
+  shift ``r`` in ``1..M-1`` per iteration.
+- ``"none"`` (ablation): no relabelled rows.
+
+The relabelled rows keep the behaviour log-prob of the block that collected them (the importance ratio
+is taken against it). With ``importance_correction=False`` (the ``no_is_correction`` ablation) the
+behaviour log-prob is replaced by the target block's own pre-update log-prob, as if the data were
+on-policy. With ``clip_mode="paper"`` the rows also carry ``log_clip_center = log mu``,
+``mu = pi_old(a | s, target) / pi_behaviour(a | s)``, for :class:`~sapg_torchrl.SAPGLoss`.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torchrl.objectives.value import TD0Estimator
+
+from sapg_torchrl.blocks import BlockLayout
+from sapg_torchrl.errors import ConfigError
+
+__all__ = ["AGGREGATIONS", "Aggregator"]
+
+AGGREGATIONS = ("leader_follower", "symmetric", "none")
+
+
+class Aggregator:
+    """Builds the relabelled rows of one iteration from the ``[N, T]`` rollout.
+
+    Args:
+        layout (BlockLayout): the block layout of the rollout's envs.
+        critic (TensorDictModule): the critic; reads ``block_id``.
+
+    Keyword Args:
+        mode (str): ``"leader_follower"`` (default), ``"symmetric"`` or ``"none"``.
+        off_policy_ratio (int): ``K``, follower blocks relabelled to the leader per iteration, in
+            ``[1, M - 1]`` (``M - 1`` = all follower data). Defaults to ``1``.
+        gamma (float): discount of the one-step TD targets. Defaults to ``0.99``.
+        importance_correction (bool): keep the behaviour log-prob (default) or replace it by the target
+            block's own pre-update log-prob.
+        clip_mode (str): ``"code"`` (default) or ``"paper"`` (also write ``log_clip_center``).
+        actor (ProbabilisticTensorDictSequential, optional): the policy; needed when
+            ``importance_correction=False`` or ``clip_mode="paper"``.
+        log_prob_key (NestedKey): behaviour log-prob key. Defaults to ``"action_log_prob"``.
+        generator (torch.Generator, optional): source of the per-iteration draws (CPU).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from sapg_torchrl import BlockLayout, make_actor_critic
+        >>> layout = BlockLayout(num_envs=6, num_blocks=3)
+        >>> actor, critic = make_actor_critic(2, 1, num_blocks=3, hidden=(8,))
+        >>> T = 4
+        >>> ids = layout.block_ids()[:, None].expand(6, T)
+        >>> data = TensorDict(
+        ...     observation=torch.randn(6, T, 2), block_id=ids,
+        ...     next=TensorDict(observation=torch.randn(6, T, 2), block_id=ids, reward=torch.randn(6, T, 1),
+        ...                     done=torch.zeros(6, T, 1, dtype=torch.bool), terminated=torch.zeros(6, T, 1, dtype=torch.bool),
+        ...                     batch_size=[6, T]),
+        ...     batch_size=[6, T])
+        >>> rows = Aggregator(layout, critic, off_policy_ratio=1)(data)
+        >>> rows.shape, rows["block_id"].unique().tolist(), bool(rows["relabelled"].all())
+        (torch.Size([2, 4]), [2], True)
+    """
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        critic: TensorDictModule,
+        *,
+        mode: str = "leader_follower",
+        off_policy_ratio: int = 1,
+        gamma: float = 0.99,
+        importance_correction: bool = True,
+        clip_mode: str = "code",
+        actor=None,
+        log_prob_key="action_log_prob",
+        generator: torch.Generator | None = None,
+    ):
+        if mode not in AGGREGATIONS:
+            raise ConfigError(f"aggregation={mode!r} is not accepted: use one of {list(AGGREGATIONS)}")
+        M = layout.num_blocks
+        if mode != "none" and M < 2:
+            raise ConfigError(
+                f"aggregation={mode!r} needs num_blocks >= 2, got num_blocks={M}: use aggregation='none'"
+            )
+        if mode == "leader_follower" and not 1 <= off_policy_ratio <= M - 1:
+            raise ConfigError(
+                f"off_policy_ratio={off_policy_ratio} is not accepted for num_blocks={M}: "
+                f"use an integer in [1, {M - 1}] (K < M; {M - 1} = all follower data)"
+            )
+        needs_actor = not importance_correction or clip_mode == "paper"
+        if needs_actor and actor is None:
+            raise ConfigError("importance_correction=False and clip_mode='paper' need the actor")
+        self.layout = layout
+        self.mode = mode
+        self.off_policy_ratio = off_policy_ratio
+        self.importance_correction = importance_correction
+        self.clip_mode = clip_mode
+        self.actor = actor if needs_actor else None
+        self.log_prob_key = log_prob_key
+        self.generator = generator
+        self.td0 = TD0Estimator(gamma=gamma, value_network=critic)
+
+    @property
+    def rows_per_env_step(self) -> int:
+        """Relabelled rows per env step of the rollout (the batch is ``(N + this) * T`` rows)."""
+        return {"leader_follower": self.off_policy_ratio, "symmetric": self.layout.num_blocks, "none": 0}[
+            self.mode
+        ] * self.layout.block_size
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This iteration's ``(source_blocks, target_blocks)``, both ``[P]`` (CPU)."""
+        M, L = self.layout.num_blocks, self.layout.leader
+        if self.mode == "leader_follower":
+            followers = torch.tensor(self.layout.followers)
+            pick = torch.randperm(M - 1, generator=self.generator)[: self.off_policy_ratio]
+            return followers[pick], torch.full((self.off_policy_ratio,), L)
+        if self.mode == "symmetric":
+            shift = int(torch.randint(1, M, (1,), generator=self.generator))
+            targets = torch.arange(M)
+            return (targets + shift) % M, targets
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def __call__(self, data: TensorDictBase) -> TensorDictBase | None:
+        """Returns the relabelled rows ``[P * B, T]`` (``None`` for ``mode="none"``).
+
+        ``data`` is the rollout, ``[N, T]`` env-major, with ``block_id``, ``("next", "observation")``,
+        ``("next", "reward")``, ``("next", "done")``, ``("next", "terminated")`` and the behaviour
+        log-prob. The rows get ``block_id`` (root and next) set to their target block, ``relabelled``
+        set, and ``advantage``, ``value_target`` and ``state_value`` from the target block's critic.
+        """
+        if self.mode == "none":
+            return None
+        source, target = self.draw()
+        M, B = self.layout.num_blocks, self.layout.block_size
+        T = data.shape[-1]
+        rows = data.reshape(M, B, T)[source.to(data.device)].reshape(-1, T)
+        ids = target.to(data.device).repeat_interleave(B)[:, None].expand(-1, T)
+        rows.set("block_id", ids)
+        rows.set(("next", "block_id"), ids)
+        self.td0(rows)
+        rows.set("relabelled", torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
+        if self.actor is not None:
+            target_log_prob = self.actor.get_dist(rows).log_prob(rows.get("action"))
+            if not self.importance_correction:
+                rows.set(self.log_prob_key, target_log_prob)
+            if self.clip_mode == "paper":
+                rows.set("log_clip_center", target_log_prob - rows.get(self.log_prob_key))
+        return rows

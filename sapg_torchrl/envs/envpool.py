@@ -1,0 +1,154 @@
+"""envpool through TorchRL's :class:`~torchrl.envs.MultiThreadedEnv`, with three fixes.
+
+TorchRL 0.14.1's wrapper does not work with envpool 1.2 as shipped. :class:`EnvpoolEnv` subclasses it
+and changes only what breaks:
+
+1. **gymnasium, not gym.** The wrapper builds its specs under ``set_gym_backend("gym")``, creates the
+   pool with ``env_type="gym"`` and converts observations with ``treevalue``; neither ``gym`` nor
+   ``treevalue`` is a dependency of envpool 1.2. All three use gymnasium here.
+2. **Partial resets instead of envpool's next-step auto-reset.** envpool resets a finished env on the
+   *following* ``step`` call, ignoring that step's action and returning reward 0. The wrapper's
+   ``step_and_maybe_reset`` passes that reset-step through as if it were a transition, which puts a
+   fake ``(terminal state -> reset state, reward 0)`` transition into every rollout. We keep
+   :meth:`EnvBase.step_and_maybe_reset`, which resets exactly the finished envs right away
+   (``envpool.reset(env_id)``), so every stored transition is a real one and ``("next",
+   "observation")`` holds the true final observation (needed to bootstrap truncated episodes).
+3. **Trailing singleton reward and done dims**, ``[N, 1]``, the shape TorchRL's value estimators and
+   losses expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase, MultiThreadedEnv
+
+__all__ = ["EnvpoolEnv"]
+
+
+class EnvpoolEnv(MultiThreadedEnv):
+    """A batch of ``num_envs`` envpool environments as one TorchRL env of batch size ``[num_envs]``.
+
+    Args:
+        num_envs (int): number of environments, the env's batch size.
+        env_name (str): envpool task id, e.g. ``"MountainCarContinuous-v0"`` or ``"HalfCheetah-v4"``.
+
+    Keyword Args:
+        seed (int): seed of the pool; envpool seeds env ``i`` with ``seed + i``.
+        num_threads (int, optional): worker threads; ``0`` (default) lets envpool choose.
+        create_env_kwargs (dict, optional): more keyword arguments for ``envpool.make``
+            (``max_episode_steps`` for instance).
+        device: where the tensors it returns live. Defaults to CPU.
+
+    Examples:
+        >>> env = EnvpoolEnv(4, "Pendulum-v1", seed=0)
+        >>> rollout = env.rollout(3)
+        >>> rollout["next", "reward"].shape
+        torch.Size([4, 3, 1])
+        >>> env.close()
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        env_name: str,
+        *,
+        seed: int = 0,
+        num_threads: int = 0,
+        create_env_kwargs: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        create_env_kwargs = dict(create_env_kwargs or {})
+        create_env_kwargs.setdefault("seed", seed)
+        create_env_kwargs.setdefault("num_threads", num_threads)
+        super().__init__(num_envs, env_name, create_env_kwargs=create_env_kwargs, **kwargs)
+
+    # 1. gymnasium instead of gym ----------------------------------------------------------------
+    def _build_env(self, env_name: str, num_workers: int, create_env_kwargs: dict | None):
+        import envpool
+
+        pool = envpool.make(
+            task_id=env_name,
+            env_type="gymnasium",
+            num_envs=num_workers,
+            gym_reset_return_info=True,
+            **(create_env_kwargs or {}),
+        )
+        return super(MultiThreadedEnv, self)._build_env(pool)
+
+    def _make_specs(self, env) -> None:
+        from torchrl.envs.libs.gym import set_gym_backend
+
+        with set_gym_backend("gymnasium"):
+            self.action_spec = self._get_action_spec()
+            output_spec = self._get_output_spec()
+        self.observation_spec = output_spec["full_observation_spec"]
+        self.reward_spec = output_spec["full_reward_spec"]
+        self.done_spec = output_spec["full_done_spec"]
+
+    # 2. real partial resets -----------------------------------------------------------------------
+    step_and_maybe_reset = EnvBase.step_and_maybe_reset
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        reset_mask = None if tensordict is None else tensordict.get("_reset", None)
+        if reset_mask is not None:
+            reset_mask = reset_mask.reshape(self.batch_size)
+            if reset_mask.all():
+                reset_mask = None
+        if reset_mask is None:
+            obs, _ = self._env.reset()
+            self.obs = TensorDict(
+                self._treevalue_or_numpy_to_tensor_or_dict(obs), self.batch_size, device=self.device
+            )
+        else:
+            env_ids = np.flatnonzero(reset_mask.cpu().numpy()).astype(np.int32)
+            obs, _ = self._env.reset(env_ids)
+            fresh = self._treevalue_or_numpy_to_tensor_or_dict(obs)
+            for key, value in fresh.items():
+                self.obs.get(key)[torch.as_tensor(env_ids, dtype=torch.long)] = value.to(self.device)
+        out = self.obs.clone()
+        out.update(self.full_done_spec.zero())
+        return out
+
+    def _treevalue_or_numpy_to_tensor_or_dict(self, obs) -> dict[str, torch.Tensor]:
+        # gymnasium envpool returns an array, or a dict of arrays for dict observation spaces
+        # (the base class expects the ``treevalue`` package, which envpool 1.2 no longer uses).
+        if isinstance(obs, dict):
+            return {key: torch.as_tensor(value) for key, value in obs.items()}
+        return {"observation": torch.as_tensor(obs)}
+
+    # 3. [N, 1] reward and done ----------------------------------------------------------------------
+    def _get_reward_spec(self):
+        return Composite(
+            reward=Unbounded(shape=(*self.batch_size, 1), device=self.device),
+            shape=self.batch_size,
+            device=self.device,
+        )
+
+    def _get_done_spec(self):
+        flag = Categorical(2, shape=(*self.batch_size, 1), dtype=torch.bool, device=self.device)
+        return Composite(
+            done=flag,
+            terminated=flag.clone(),
+            truncated=flag.clone(),
+            shape=self.batch_size,
+            device=self.device,
+        )
+
+    def _transform_step_output(self, envpool_output) -> TensorDict:
+        obs, reward, terminated, truncated, _ = envpool_output
+        out = self._treevalue_or_numpy_to_tensor_or_dict(obs)
+        terminated = torch.as_tensor(terminated).unsqueeze(-1)
+        truncated = torch.as_tensor(truncated).unsqueeze(-1)
+        out.update(
+            reward=torch.as_tensor(reward, dtype=torch.float32).unsqueeze(-1),
+            done=terminated | truncated,
+            terminated=terminated,
+            truncated=truncated,
+        )
+        self.obs = TensorDict(out, batch_size=self.batch_size, device=self.device)
+        return self.obs

@@ -1,0 +1,140 @@
+"""Plain ``torch.nn`` building blocks of SAPG's actor-critic: block conditioning and block-wise copies.
+
+Everything here takes a per-row integer ``block_id`` (any leading batch shape) and is evaluated for all
+blocks in one batched call, never in a Python loop over blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from sapg_torchrl.errors import ConfigError
+
+__all__ = ["ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Denormalize"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def mlp(in_features: int, hidden: Sequence[int], activation: str = "elu") -> nn.Sequential:
+    """``Linear -> activation`` for every width in ``hidden`` (the output width is ``hidden[-1]``)."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation={activation!r} is not accepted: use one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), ACTIVATIONS[activation]()]
+        in_features = width
+    return nn.Sequential(*layers)
+
+
+class ConditionedMLP(nn.Module):
+    """An MLP on ``cat(observation, phi[block_id])``: one network, conditioned per block.
+
+    Args:
+        observation_dim (int): width of the (already normalised) observation.
+        hidden (sequence of int): hidden widths.
+        phi (nn.Embedding): the per-block vectors, ``num_blocks x phi_dim``. Pass the same embedding to
+            several trunks (actor and critic) to condition both on one vector per block.
+        activation (str): ``"elu"`` (default), ``"relu"``, ``"tanh"`` or ``"silu"``.
+
+    Examples:
+        >>> phi = nn.Embedding(3, 4)
+        >>> trunk = ConditionedMLP(5, [8, 8], phi)
+        >>> trunk(torch.randn(10, 5), torch.randint(3, (10,))).shape
+        torch.Size([10, 8])
+    """
+
+    def __init__(self, observation_dim: int, hidden: Sequence[int], phi: nn.Embedding, activation="elu"):
+        super().__init__()
+        self.phi = phi
+        self.body = mlp(observation_dim + phi.embedding_dim, hidden, activation)
+
+    def forward(self, observation: torch.Tensor, block_id: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([observation, self.phi(block_id)], dim=-1))
+
+
+class BlockLogStd(nn.Module):
+    """A state-independent, learned log-std vector per block (``num_blocks x action_dim``, init 0).
+
+    Maps ``(loc, block_id)`` to ``(loc, scale)``.
+
+    Examples:
+        >>> head = BlockLogStd(num_blocks=2, action_dim=3)
+        >>> loc, scale = head(torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+        >>> scale
+        tensor([[1., 1., 1.],
+                [1., 1., 1.],
+                [1., 1., 1.],
+                [1., 1., 1.]], grad_fn=<ExpandBackward0>)
+    """
+
+    def __init__(self, num_blocks: int, action_dim: int, init: float = 0.0):
+        super().__init__()
+        self.log_std = nn.Parameter(torch.full((num_blocks, action_dim), float(init)))
+
+    def forward(self, loc: torch.Tensor, block_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return loc, self.log_std[block_id].exp().expand_as(loc)
+
+
+class Blockwise(nn.Module):
+    """``num_blocks`` independent copies of a module, evaluated for every row with its block's copy.
+
+    The copies' parameters are stacked (leading dim ``num_blocks``) and run with :func:`torch.vmap`, so
+    one call serves all blocks; each row then keeps the output of its own block's copy. No parameter is
+    shared between blocks: a row of block ``b`` only sends gradient to slice ``b``. The price is compute:
+    every copy sees every row (``num_blocks`` times the FLOPs of one copy), which is what a batched
+    call over unsorted minibatch rows costs.
+
+    Args:
+        factory (callable): builds one copy; called ``num_blocks`` times (independent initialisations).
+        num_blocks (int): number of copies.
+
+    Examples:
+        >>> blockwise = Blockwise(lambda: nn.Linear(3, 2), num_blocks=4)
+        >>> blockwise(torch.randn(5, 3), block_id=torch.tensor([0, 1, 2, 3, 0])).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, factory: Callable[[], nn.Module], num_blocks: int):
+        super().__init__()
+        copies = [factory() for _ in range(num_blocks)]
+        params, buffers = stack_module_state(copies)
+        if buffers:
+            raise ConfigError("Blockwise copies cannot hold buffers (running statistics)")
+        self._names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[name]) for name in self._names])
+        # a parameter-free template whose structure functional_call fills with each block's slice
+        self._template = [copy.deepcopy(copies[0]).to("meta")]
+
+    def forward(self, *inputs: torch.Tensor, block_id: torch.Tensor) -> torch.Tensor:
+        batch_shape = block_id.shape
+        flat = [x.reshape(-1, x.shape[-1]) for x in inputs]
+        params = dict(zip(self._names, self.stacked))
+
+        def one_block(block_params, *xs):
+            return functional_call(self._template[0], block_params, xs)
+
+        out = torch.vmap(one_block, in_dims=(0, *([None] * len(flat))))(params, *flat)
+        rows = torch.arange(out.shape[1], device=out.device)
+        picked = out[block_id.reshape(-1), rows]
+        return picked.reshape(*batch_shape, picked.shape[-1])
+
+
+class Denormalize(nn.Module):
+    """Maps a normalised critic output to the real value scale with a TorchRL ``ValueNorm``.
+
+    The critic's last layer thus learns normalised values (as in rl_games) while everything downstream
+    (GAE, TD targets) sees real-scale values; :class:`~sapg_torchrl.SAPGLoss` normalises again with
+    the same statistics before the regression.
+    """
+
+    def __init__(self, value_norm):
+        super().__init__()
+        self.value_norm = value_norm
+
+    def forward(self, normalised_value: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalize(normalised_value)
