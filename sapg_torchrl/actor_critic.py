@@ -23,7 +23,7 @@ from torch import nn
 from torchrl.modules import IndependentNormal, ProbabilisticActor
 from torchrl.modules.value_norm import ValueNorm
 
-from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, mlp
+from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, Standardize, mlp
 
 __all__ = ["make_actor_critic"]
 
@@ -61,14 +61,14 @@ def make_actor_critic(
     disjoint: bool = False,
     activation: str = "elu",
     value_norm: ValueNorm | None = None,
+    observation_norm: ValueNorm | None = None,
     observation_key="observation",
     block_id_key="block_id",
 ) -> tuple[ProbabilisticActor, TensorDictSequential]:
     """Builds the block-conditioned Gaussian actor and the critic.
 
     Args:
-        observation_dim (int): width of the observation (normalise it in the env, e.g. with
-            :class:`~torchrl.envs.VecNormV2`; phi is never normalised).
+        observation_dim (int): width of the observation.
         action_dim (int): width of the action.
         num_blocks (int): number of blocks ``M``.
 
@@ -82,6 +82,9 @@ def make_actor_critic(
         value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
             critic denormalises them with these statistics (pass the same object to
             :class:`~sapg_torchrl.SAPGLoss`).
+        observation_norm (ValueNorm, optional): if given (e.g. ``RunningValueNorm(shape=observation_dim)``),
+            observations are standardised with its statistics (clipped to +-5) before the trunk; phi is
+            never normalised. Update it yourself (the trainer does, once per iteration).
         observation_key, block_id_key (NestedKey): input keys.
 
     Returns:
@@ -110,6 +113,10 @@ def make_actor_critic(
         return _Unconditioned(nn.Linear(width, out_features))
 
     phi = None if disjoint else nn.Embedding(num_blocks, phi_dim)  # N(0, 1) init, as in the code
+    prefix = []
+    if observation_norm is not None:
+        prefix = [TensorDictModule(Standardize(observation_norm), in_keys=[observation_key], out_keys=["observation_std"])]
+        observation_key = "observation_std"
     ins = [observation_key, block_id_key]
     actor_trunk = TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"])
     critic_trunk = actor_trunk if shared_trunk else TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"])
@@ -120,14 +127,14 @@ def make_actor_critic(
         BlockLogStd(num_blocks, action_dim), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
     )
     actor = ProbabilisticActor(
-        TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
+        TensorDictSequential(*prefix, actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
         out_keys=["action"],
         distribution_class=IndependentNormal,
         return_log_prob=True,
     )
 
-    steps = [critic_trunk, TensorDictModule(head(1), in_keys=[critic_hidden, block_id_key], out_keys=["state_value"])]
+    steps = [*prefix, critic_trunk, TensorDictModule(head(1), in_keys=[critic_hidden, block_id_key], out_keys=["state_value"])]
     if value_norm is not None:
         steps.append(TensorDictModule(Denormalize(value_norm), in_keys=["state_value"], out_keys=["state_value"]))
     critic = TensorDictSequential(*steps, selected_out_keys=["state_value"])

@@ -105,7 +105,8 @@ class Aggregator:
         self.actor = actor if needs_actor else None
         self.log_prob_key = log_prob_key
         self.generator = generator
-        self.td0 = TD0Estimator(gamma=gamma, value_network=critic)
+        self.critic = critic
+        self.td0 = TD0Estimator(gamma=gamma, value_network=None)
 
     @property
     def rows_per_env_step(self) -> int:
@@ -145,6 +146,8 @@ class Aggregator:
         ids = target.to(data.device).repeat_interleave(B)[:, None].expand(-1, T)
         rows.set("block_id", ids)
         rows.set(("next", "block_id"), ids)
+        self.critic(rows)  # V_target(s_t): also the "old value" of the clipped value loss
+        self.critic(rows.get("next"))  # V_target(s_{t+1})
         self.td0(rows)
         rows.set("relabelled", torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
         if self.actor is not None:

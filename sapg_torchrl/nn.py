@@ -15,7 +15,7 @@ from torch.func import functional_call, stack_module_state
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Denormalize"]
+__all__ = ["ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Standardize", "Denormalize"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -138,3 +138,17 @@ class Denormalize(nn.Module):
 
     def forward(self, normalised_value: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalize(normalised_value)
+
+
+class Standardize(nn.Module):
+    """Standardises observations with running statistics (a TorchRL ``ValueNorm`` of the observation's
+    shape, e.g. ``RunningValueNorm(shape=obs_dim)``: exact mean and variance over all envs and steps) and
+    clips the result to ``[-clip, clip]``, as rl_games does. Nothing here updates the statistics."""
+
+    def __init__(self, norm, clip: float = 5.0):
+        super().__init__()
+        self.norm = norm
+        self.clip = clip
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.norm.normalize(observation).clamp(-self.clip, self.clip)

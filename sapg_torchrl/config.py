@@ -1,0 +1,128 @@
+"""Builds a :class:`~sapg_torchrl.trainer.SAPGTrainer` from the recipes' Hydra config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchrl.modules.value_norm import RunningValueNorm
+from torchrl.objectives import ValueEstimators
+
+from sapg_torchrl.actor_critic import make_actor_critic
+from sapg_torchrl.aggregation import Aggregator
+from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
+from sapg_torchrl.envs.factory import make_sapg_env
+from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.logging import CSVSink, WandbSink
+from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.trainer import SAPGTrainer
+
+__all__ = ["build_trainer", "train"]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not accepted: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not available here (no CUDA): use 'cpu' or 'auto'")
+    return device
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=()) -> SAPGTrainer:
+    """Everything one run needs, from the config of ``recipes/config/sapg.yaml``."""
+    s, net, ppo, e = cfg.sapg, cfg.network, cfg.ppo, cfg.env
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    layout = BlockLayout(e.num_envs, s.num_blocks, s.leader)
+    make_base = instantiate(e.make, _partial_=True)
+    env = make_sapg_env(
+        make_base(num_envs=layout.num_envs, seed=cfg.seed),
+        layout.block_ids(),
+        reward_scale=e.reward_scale,
+    )
+    observation_dim = env.observation_spec["observation"].shape[-1]
+    value_norm = RunningValueNorm().to(device) if ppo.value_norm else None
+    observation_norm = RunningValueNorm(shape=observation_dim).to(device) if ppo.observation_norm else None
+    actor, critic = make_actor_critic(
+        observation_dim,
+        env.action_spec.shape[-1],
+        layout.num_blocks,
+        hidden=list(net.hidden),
+        phi_dim=net.phi_dim,
+        shared_trunk=net.shared_trunk,
+        disjoint=net.disjoint,
+        activation=net.activation,
+        value_norm=value_norm,
+        observation_norm=observation_norm,
+    )
+    actor.to(device), critic.to(device)
+    coefficients = None if s.entropy_coefficients is None else list(s.entropy_coefficients)
+    loss = SAPGLoss(
+        actor,
+        critic,
+        entropy_coeff=block_entropy_coefficients(
+            layout.num_blocks, layout.leader, schedule=s.entropy_schedule, scale=s.entropy_scale,
+            coefficients=coefficients,
+        ),
+        clip_epsilon=ppo.clip_epsilon,
+        clip_mode=s.clip_mode,
+        off_policy_weight=s.off_policy_weight,
+        max_importance_ratio=s.max_importance_ratio,
+        bounds_loss_coeff=ppo.bounds_loss_coeff,
+        value_norm=value_norm,
+        critic_coeff=ppo.critic_coeff,
+        clip_value=ppo.clip_value,
+    ).to(device)  # fmt: skip
+    loss.make_value_estimator(ValueEstimators.GAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
+    aggregator = None
+    if s.aggregation != "none":
+        aggregator = Aggregator(
+            layout, critic, mode=s.aggregation, off_policy_ratio=s.off_policy_ratio, gamma=ppo.gamma,
+            importance_correction=s.importance_correction, clip_mode=s.clip_mode, actor=actor,
+            log_prob_key=loss.tensor_keys.sample_log_prob, generator=torch.Generator().manual_seed(cfg.seed),
+        )  # fmt: skip
+    eval_env = None
+    if cfg.train.eval_interval:
+        eval_env = make_sapg_env(
+            make_base(num_envs=e.eval_envs, seed=cfg.seed + 1_000_000),
+            torch.full((e.eval_envs,), layout.leader),
+            reward_scale=e.reward_scale,
+        )
+    return SAPGTrainer(
+        env=env, actor=actor, critic=critic, loss=loss, layout=layout, aggregator=aggregator,
+        total_frames=cfg.total_frames, horizon=ppo.horizon, gamma=ppo.gamma, lmbda=ppo.lmbda, epochs=ppo.epochs,
+        minibatch_size=ppo.minibatch_size, lr=ppo.lr, kl_target=ppo.kl_target,
+        max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
+        advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
+        eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks, run_dir=run_dir,
+        checkpoint_interval=cfg.train.checkpoint_interval, progress=cfg.train.progress, device=device,
+        seed=cfg.seed,
+    )  # fmt: skip
+
+
+def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str, float]:
+    """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs and checkpoints."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.csv").exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run: pass a new hydra.run.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    sinks = [CSVSink(run_dir / "metrics.csv")]
+    wandb = None
+    if cfg.logger.wandb:
+        wandb = WandbSink(
+            name, run_dir, project=cfg.logger.project, mode=cfg.logger.mode,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )  # fmt: skip
+        sinks.append(wandb)
+    try:
+        return build_trainer(cfg, run_dir, sinks).train()
+    finally:
+        if wandb is not None:
+            wandb.close()

@@ -1,0 +1,59 @@
+"""Turns any batched TorchRL env into a SAPG env: action clipping, episode returns, reward scaling and
+block ids, as stock TorchRL transforms plus :class:`BlockIdTransform`.
+
+Observation normalisation is not an env transform here but part of the actor-critic
+(:func:`~sapg_torchrl.make_actor_critic`'s ``observation_norm``): TorchRL's ``VecNormV2`` keeps per-env
+statistics (or, with ``reduce_batch_dims``, the variance of batch means), while SAPG, like rl_games,
+normalises with exact running statistics over all envs; in the model they also travel with checkpoints
+and need no syncing with evaluation envs."""
+
+from __future__ import annotations
+
+import torch
+from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs.transforms import ClipTransform, Compose, RewardScaling, RewardSum
+
+from sapg_torchrl.envs.block_id import BlockIdTransform
+
+__all__ = ["make_sapg_env"]
+
+
+def make_sapg_env(
+    base_env: EnvBase,
+    block_ids: torch.Tensor,
+    *,
+    reward_scale: float = 1.0,
+    clip_actions: bool = True,
+) -> TransformedEnv:
+    """Wraps a batched env (batch size ``[N]``) with the transforms SAPG training expects.
+
+    In order: actions clipped to the action spec's bounds on their way in (the policy's unclipped sample
+    and its log-prob are what is stored, as in rl_games); the undiscounted episode return ``episode_reward`` in the env's own reward units; rewards scaled by
+    ``reward_scale``; ``block_id``.
+
+    Args:
+        base_env (EnvBase): any batched TorchRL env with an ``observation`` key and a bounded
+            continuous action.
+        block_ids (Tensor): block of every env, ``[N]``.
+
+    Keyword Args:
+        reward_scale (float): multiplies the reward the learner sees. Defaults to ``1.0``.
+        clip_actions (bool): clip actions to the spec's bounds. Defaults to ``True``.
+
+    Examples:
+        >>> from sapg_torchrl import BlockLayout
+        >>> from sapg_torchrl.envs import EnvpoolEnv
+        >>> env = make_sapg_env(EnvpoolEnv(4, "Pendulum-v1"), BlockLayout(4, 2).block_ids(), reward_scale=0.1)
+        >>> sorted(env.rollout(3)["next"].keys())
+        ['block_id', 'done', 'episode_reward', 'observation', 'reward', 'terminated', 'truncated']
+    """
+    transforms = []
+    if clip_actions:
+        space = base_env.action_spec.space
+        low, high = space.low.reshape(-1, space.low.shape[-1])[0], space.high.reshape(-1, space.high.shape[-1])[0]
+        transforms.append(ClipTransform(in_keys_inv=["action"], out_keys_inv=["action"], low=low, high=high))
+    transforms.append(RewardSum())
+    if reward_scale != 1.0:
+        transforms.append(RewardScaling(loc=0.0, scale=reward_scale))
+    transforms.append(BlockIdTransform(block_ids))
+    return TransformedEnv(base_env, Compose(*transforms))

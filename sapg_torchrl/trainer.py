@@ -1,0 +1,368 @@
+"""The SAPG training loop, shared by the method and every ablation.
+
+One iteration: collect ``T`` steps of all ``N`` envs (TorchRL :class:`~torchrl.collectors.Collector`), GAE
+per env under its own block's critic, add the relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`,
+standardise the advantages once, then ``epochs`` passes of shuffled minibatches through
+:class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
+(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL). Everything stays
+on the policy's device; the host sees one transfer of metrics per iteration (plus one float per epoch
+for the learning-rate schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.modules.value_norm import ValueNorm
+from torchrl.objectives import KLAdaptiveLR
+from torchrl.objectives.value import GAE
+
+from sapg_torchrl.aggregation import Aggregator
+from sapg_torchrl.blocks import BlockLayout
+from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.targets import n_step_return, standardize_advantage
+
+__all__ = ["SAPGTrainer", "CRITIC_TARGETS", "ADVANTAGE_NORMS"]
+
+CRITIC_TARGETS = ("gae", "n_step")
+ADVANTAGE_NORMS = ("global", "per_block", "none")
+
+Hook = Callable[["SAPGTrainer", TensorDictBase], None]
+MetricsSink = Callable[[dict, int], None]
+
+
+class SAPGTrainer:
+    """Trains SAPG (or any ablation of it) on a batched TorchRL env that writes ``block_id``.
+
+    Keyword Args:
+        env (EnvBase): the training env, batch size ``[N]``, e.g. from :func:`~sapg_torchrl.envs.make_sapg_env`.
+        actor, critic: from :func:`~sapg_torchrl.make_actor_critic`.
+        loss (SAPGLoss): the loss; its ``tensor_keys`` name the data's keys.
+        layout (BlockLayout): the env's block layout.
+        aggregator (Aggregator, optional): relabelled rows; ``None`` for none.
+        total_frames (int): env frames to train for (relabelled rows are not frames).
+        horizon (int): ``T``, steps per env per iteration. Defaults to ``16``.
+        gamma (float): discount. Defaults to ``0.99``.
+        lmbda (float): GAE lambda. Defaults to ``0.95``.
+        epochs (int): passes over the batch per iteration. Defaults to ``5``.
+        minibatch_size (int): rows per minibatch. Defaults to ``4 * N``.
+        lr (float): initial learning rate. Defaults to ``5e-4``.
+        kl_target (float, optional): target KL of the adaptive learning rate, ``None`` for a fixed one.
+            Defaults to ``0.016``.
+        lr_bounds (tuple): bounds of the adaptive learning rate. Defaults to ``(1e-6, 1e-2)``.
+        max_grad_norm (float): gradient-norm clip. Defaults to ``1.0``.
+        critic_target (str): ``"gae"`` (code: GAE's lambda-return) or ``"n_step"`` (paper).
+        n_step (int): ``n`` of the ``"n_step"`` target. Defaults to ``3``.
+        advantage_norm (str): ``"global"`` (code: once over the augmented batch), ``"per_block"`` or ``"none"``.
+        value_norm (ValueNorm, optional): updated once per iteration with the batch's value targets.
+        observation_norm (ValueNorm, optional): updated once per iteration, after the update, with the
+            rollout's observations (first from a reset before training).
+        eval_env (EnvBase, optional): envs running the leader only (deterministic actions), for
+            :meth:`evaluate`.
+        eval_interval (int): evaluate every this many iterations (and at the first and last). ``0`` never.
+        eval_steps (int): steps of an evaluation rollout (one episode's length).
+        sinks (iterable of callables): ``sink(metrics: dict[str, float], iteration)`` once per iteration.
+        hooks (iterable of callables): ``hook(trainer, data)`` once per iteration with the ``[N, T]`` rollout
+            (after its targets are computed): the place to record states or per-block data.
+        run_dir (path, optional): where checkpoints go (``checkpoints/iter_*.pt``).
+        checkpoint_interval (int): save every this many iterations (and at the end); ``0`` only at the end.
+        progress (bool): show a progress bar.
+        device: where the policy and the batch live.
+        seed (int): seeds the aggregator's draws and the minibatch shuffles.
+    """
+
+    def __init__(
+        self,
+        *,
+        env: EnvBase,
+        actor,
+        critic,
+        loss: SAPGLoss,
+        layout: BlockLayout,
+        aggregator: Aggregator | None = None,
+        total_frames: int,
+        horizon: int = 16,
+        gamma: float = 0.99,
+        lmbda: float = 0.95,
+        epochs: int = 5,
+        minibatch_size: int | None = None,
+        lr: float = 5e-4,
+        kl_target: float | None = 0.016,
+        lr_bounds: tuple[float, float] = (1e-6, 1e-2),
+        max_grad_norm: float = 1.0,
+        critic_target: str = "gae",
+        n_step: int = 3,
+        advantage_norm: str = "global",
+        value_norm: ValueNorm | None = None,
+        observation_norm: ValueNorm | None = None,
+        eval_env: EnvBase | None = None,
+        eval_interval: int = 10,
+        eval_steps: int = 1000,
+        sinks: Iterable[MetricsSink] = (),
+        hooks: Iterable[Hook] = (),
+        run_dir: str | Path | None = None,
+        checkpoint_interval: int = 0,
+        progress: bool = True,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
+        if critic_target not in CRITIC_TARGETS:
+            raise ConfigError(f"critic_target={critic_target!r} is not accepted: use one of {list(CRITIC_TARGETS)}")
+        if advantage_norm not in ADVANTAGE_NORMS:
+            raise ConfigError(
+                f"advantage_norm={advantage_norm!r} is not accepted: use one of {list(ADVANTAGE_NORMS)}"
+            )
+        for name, value in [("horizon", horizon), ("epochs", epochs), ("total_frames", total_frames)]:
+            if value < 1:
+                raise ConfigError(f"{name}={value} is not accepted: it must be >= 1")
+        if tuple(env.batch_size) != (layout.num_envs,):
+            raise ConfigError(f"the env's batch size {tuple(env.batch_size)} does not match num_envs={layout.num_envs}")
+        self.env, self.actor, self.critic, self.loss = env, actor, critic, loss
+        self.layout, self.aggregator = layout, aggregator
+        self.horizon, self.epochs = horizon, epochs
+        self.frames_per_iteration = layout.num_envs * horizon
+        self.iterations = math.ceil(total_frames / self.frames_per_iteration)
+        self.total_frames = self.iterations * self.frames_per_iteration
+        self.minibatch_size = minibatch_size or 4 * layout.num_envs
+        self.max_grad_norm = max_grad_norm
+        self.critic_target, self.n_step, self.advantage_norm = critic_target, n_step, advantage_norm
+        self.value_norm = value_norm
+        self.observation_norm = observation_norm
+        if observation_norm is not None:
+            with torch.no_grad():
+                observation_norm.update(env.reset().get("observation").to(device))
+        self.gamma = gamma
+        # values are computed once by the trainer (and kept: the clipped value loss needs them), so the
+        # estimator reads them instead of holding the critic
+        self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=None)
+        self.gae.set_keys(**{k: getattr(loss.tensor_keys, k) for k in ("advantage", "value_target", "value", "reward", "done", "terminated")})
+        self.eval_env, self.eval_interval, self.eval_steps = eval_env, eval_interval, eval_steps
+        self.sinks, self.hooks = list(sinks), list(hooks)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint_interval = checkpoint_interval
+        self.progress = progress
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+        self.params = [p for p in loss.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.lr_schedule = (
+            None
+            if kl_target is None
+            else KLAdaptiveLR(self.optimizer, target_kl=kl_target, factor=1.5, min_lr=lr_bounds[0], max_lr=lr_bounds[1])
+        )
+        self.collector = Collector(
+            env,
+            actor,
+            frames_per_batch=self.frames_per_iteration,
+            total_frames=self.total_frames,
+            policy_device=self.device,
+            storing_device=self.device,
+            env_device=env.device,
+        )
+        keys = self.loss.tensor_keys
+        self._batch_keys = list(
+            dict.fromkeys(
+                [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
+                + [keys.advantage, keys.value_target, keys.value, keys.relabelled]
+            )
+        )
+        if loss.clip_mode == "paper":
+            self._batch_keys.append(keys.log_clip_center)
+        self.iteration = 0
+        self.frames = 0
+        # last completed episode return of every env (NaN until its first episode ends)
+        self.last_return = torch.full((layout.num_envs,), float("nan"), device=self.device)
+        self.episodes = torch.zeros(layout.num_envs, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------------------------------- data
+    @torch.no_grad()
+    def make_batch(self, data: TensorDictBase) -> TensorDictBase:
+        """Targets, relabelled rows and standardised advantages: the flat batch the epochs run over."""
+        keys = self.loss.tensor_keys
+        self.critic(data)  # V(s_t) of every env under its own block
+        self.critic(data.get("next"))  # V(s_{t+1}), the true final state where an episode ended
+        self.gae(data)
+        if self.critic_target == "n_step":
+            data.set(
+                keys.value_target,
+                n_step_return(
+                    data.get(("next", keys.reward)),
+                    data.get(("next", keys.value)),
+                    data.get(("next", keys.done)),
+                    data.get(("next", keys.terminated)),
+                    gamma=self.gamma,
+                    n=self.n_step,
+                ),
+            )
+        data.set(keys.relabelled, torch.zeros(data.shape, dtype=torch.bool, device=data.device))
+        if self.loss.clip_mode == "paper":
+            data.set(keys.log_clip_center, torch.zeros(data.shape, device=data.device))
+        parts = [data.select(*self._batch_keys)]
+        relabelled = None if self.aggregator is None else self.aggregator(data)
+        if relabelled is not None:
+            parts.append(relabelled.select(*self._batch_keys))
+        batch = torch.cat(parts, 0).reshape(-1)
+        if self.advantage_norm != "none":
+            per_block = self.advantage_norm == "per_block"
+            batch.set(
+                keys.advantage,
+                standardize_advantage(
+                    batch.get(keys.advantage),
+                    batch.get(keys.block_id) if per_block else None,
+                    self.layout.num_blocks,
+                ),
+            )
+        if self.value_norm is not None:
+            self.value_norm.update(batch.get(keys.value_target))
+        return batch
+
+    @torch.no_grad()
+    def _track_episodes(self, data: TensorDictBase) -> None:
+        done = data.get(("next", "done")).squeeze(-1)
+        episode_return = data.get(("next", "episode_reward")).squeeze(-1)
+        steps = torch.arange(done.shape[-1], device=done.device)
+        last = (done * steps).argmax(-1)
+        finished = done.any(-1)
+        latest = episode_return.gather(-1, last[:, None]).squeeze(-1)
+        self.last_return = torch.where(finished, latest, self.last_return)
+        self.episodes += done.sum(-1)
+
+    # ------------------------------------------------------------------------------------------ update
+    def update(self, batch: TensorDictBase) -> TensorDictBase:
+        """``epochs`` passes of shuffled minibatches; returns the mean of the loss outputs."""
+        outputs = []
+        for _ in range(self.epochs):
+            epoch_out = []
+            perm = torch.randperm(batch.numel(), device=self.device, generator=self.generator)
+            for index in perm.split(self.minibatch_size):
+                out = self.loss(batch[index])
+                total = sum(value for key, value in out.items() if key.startswith("loss_"))
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+                self.optimizer.step()
+                out = out.detach()
+                out.set("grad_norm", grad_norm.detach())
+                epoch_out.append(out)
+            epoch_out = torch.stack(epoch_out)
+            if self.lr_schedule is not None:
+                self.lr_schedule.step(epoch_out["kl_approx"].nanmean())  # one host sync per epoch
+            outputs.append(epoch_out)
+        return torch.cat(outputs).apply(lambda x: x.float().nanmean(0), batch_size=[])
+
+    # ------------------------------------------------------------------------------------------ metrics
+    def _iteration_metrics(self, losses: TensorDictBase) -> dict[str, float]:
+        M, B, L = self.layout.num_blocks, self.layout.block_size, self.layout.leader
+        per_block_return = self.last_return.view(M, B).nanmean(-1)
+        summary = TensorDict(
+            {
+                "return/leader": per_block_return[L],
+                "return/all": self.last_return.nanmean(),
+                "return/per_block": per_block_return,
+                "episodes/leader": self.episodes.view(M, B)[L].sum(),
+                "episodes/all": self.episodes.sum(),
+            }
+        )
+        summary.update({f"train/{k}": v for k, v in losses.items()})
+        flat = {}
+        for key, value in summary.cpu().items(include_nested=True, leaves_only=True):
+            name = key if isinstance(key, str) else "/".join(key)
+            if value.ndim:
+                flat.update({f"{name}/{i}": float(v) for i, v in enumerate(value.tolist())})
+            else:
+                flat[name] = float(value)
+        flat["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        return flat
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Runs the leader, deterministically, for ``eval_steps`` on the eval envs.
+
+        Returns the mean return of each env's first complete episode (``eval/return``) and the number
+        of envs that completed one (``eval/episodes``).
+        """
+        if self.eval_env is None:
+            return {}
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            rollout = self.eval_env.rollout(self.eval_steps, self.actor, break_when_any_done=False)
+        done = rollout.get(("next", "done")).squeeze(-1)
+        episode_return = rollout.get(("next", "episode_reward")).squeeze(-1)
+        first = done.int().argmax(-1)
+        finished = done.any(-1)
+        returns = episode_return.gather(-1, first[:, None]).squeeze(-1)
+        returns = torch.where(finished, returns, torch.full_like(returns, float("nan")))
+        return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
+
+    # --------------------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.state_dict(),
+            "iteration": self.iteration,
+            "frames": self.frames,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_schedule is not None and state["lr_schedule"] is not None:
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.iteration, self.frames = state["iteration"], state["frames"]
+
+    def save_checkpoint(self) -> Path | None:
+        """Writes ``run_dir/checkpoints/iter_XXXXXX.pt``; never overwrites an existing file."""
+        if self.run_dir is None:
+            return None
+        path = self.run_dir / "checkpoints" / f"iter_{self.iteration:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise FileExistsError(f"{path} exists already; refusing to overwrite it")
+        torch.save(self.state_dict(), path)
+        return path
+
+    # --------------------------------------------------------------------------------------------- loop
+    def train(self) -> dict[str, float]:
+        """Runs all iterations; returns the last iteration's metrics."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_frames, unit="frame", unit_scale=True, disable=not self.progress)
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        try:
+            for data in self.collector:
+                self.iteration += 1
+                self.frames += data.numel()
+                self._track_episodes(data)
+                batch = self.make_batch(data)
+                for hook in self.hooks:
+                    hook(self, data)
+                losses = self.update(batch)
+                if self.observation_norm is not None:
+                    with torch.no_grad():
+                        self.observation_norm.update(data.get("observation"))
+                metrics = self._iteration_metrics(losses)
+                last = self.iteration == self.iterations
+                if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):
+                    metrics.update(self.evaluate())
+                elapsed = time.perf_counter() - start
+                metrics.update(iteration=self.iteration, frames=self.frames, time_s=elapsed, fps=self.frames / elapsed)
+                for sink in self.sinks:
+                    sink(metrics, self.iteration)
+                bar.update(data.numel())
+                bar.set_postfix(fps=f"{metrics['fps']:.0f}", leader_return=f"{metrics['return/leader']:.2f}")
+                if last or (self.checkpoint_interval and self.iteration % self.checkpoint_interval == 0):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self.collector.shutdown()
+        return metrics
