@@ -167,6 +167,7 @@ class SAPGTrainer:
             policy_device=self.device,
             storing_device=self.device,
             env_device=env.device,
+            auto_register_policy_transforms=False,
         )
         keys = self.loss.tensor_keys
         self._batch_keys = list(
