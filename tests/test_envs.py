@@ -1,0 +1,158 @@
+"""envpool adapter, block-id transform and the SAPG env wrapper."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs import TransformedEnv
+from torchrl.envs.utils import check_env_specs
+
+from sapg_torchrl import BlockLayout
+from sapg_torchrl.envs import BlockIdTransform, EnvpoolEnv, make_sapg_env
+
+SHORT = {"max_episode_steps": 3}
+
+
+def constant_policy(value):
+    def policy(td):
+        return td.set("action", torch.full((*td.batch_size, 1), float(value)))
+
+    return policy
+
+
+@pytest.mark.parametrize(
+    "env_name, kwargs",
+    [("Pendulum-v1", {}), ("MountainCarContinuous-v0", SHORT), ("Pendulum-v1", SHORT)],
+)
+def test_envpool_env_specs(env_name, kwargs):
+    """check_env_specs passes, including across episode ends; reward and done are [N, 1]."""
+    env = EnvpoolEnv(3, env_name, seed=1, create_env_kwargs=kwargs)
+    try:
+        check_env_specs(env, return_contiguous=False)
+        rollout = env.rollout(7, break_when_any_done=False)
+        assert rollout["next", "reward"].shape == (3, 7, 1)
+        assert rollout["next", "done"].shape == (3, 7, 1) and rollout["next", "done"].dtype == torch.bool
+    finally:
+        env.close()
+
+
+def test_mountaincar_resets_are_real_transitions():
+    """After a done the next root observation is a fresh reset and its step gives a real reward (not 0)."""
+    env = EnvpoolEnv(2, "MountainCarContinuous-v0", seed=0, create_env_kwargs=SHORT)
+    try:
+        rollout = env.rollout(9, constant_policy(1.0), break_when_any_done=False)
+    finally:
+        env.close()
+    done = rollout["next", "done"].squeeze(-1)
+    # episodes of exactly 3 steps: the elapsed-step counter restarts right after every done
+    assert done.tolist() == [[False, False, True] * 3] * 2
+    assert rollout["next", "truncated"].squeeze(-1).tolist() == done.tolist()
+    assert not rollout["next", "terminated"].any()
+    # every step is a real transition: reward -0.1 * a^2 with a = 1
+    torch.testing.assert_close(rollout["next", "reward"], torch.full((2, 9, 1), -0.1))
+    obs, next_obs = rollout["observation"], rollout["next", "observation"]
+    for t in range(8):
+        if t % 3 == 2:  # after a done: a reset state (position in [-0.6, -0.4], velocity 0)
+            assert torch.all(obs[:, t + 1, 1] == 0)
+            assert torch.all((obs[:, t + 1, 0] >= -0.6) & (obs[:, t + 1, 0] <= -0.4))
+            assert torch.all(next_obs[:, t, 1] != 0)  # the true final observation is kept in "next"
+        else:
+            torch.testing.assert_close(obs[:, t + 1], next_obs[:, t])
+
+
+def test_pendulum_reward_after_done_is_real():
+    """Pendulum with 3-step episodes: the step after a done has a real (negative) reward, all steps do."""
+    env = EnvpoolEnv(4, "Pendulum-v1", seed=3, create_env_kwargs=SHORT)
+    try:
+        rollout = env.rollout(7, constant_policy(0.5), break_when_any_done=False)
+    finally:
+        env.close()
+    assert rollout["next", "done"][:, 2].all() and rollout["next", "done"][:, 5].all()
+    assert torch.all(rollout["next", "reward"] < 0)
+
+
+def test_partial_reset_only_resets_finished_envs():
+    """A partial reset (one env flagged) resets that env in the pool at once; the others keep their state."""
+    env = EnvpoolEnv(3, "MountainCarContinuous-v0", seed=0)
+    try:
+        td = env.rollout(2, constant_policy(1.0), break_when_any_done=False)[:, -1]["next"].clone()
+        before = td["observation"].clone()
+        td["_reset"] = torch.tensor([[False], [True], [False]])
+        reset = env.reset(td)
+        after = env.step(constant_policy(1.0)(reset.exclude("_reset")))["next", "observation"]
+    finally:
+        env.close()
+    torch.testing.assert_close(reset["observation"][[0, 2]], before[[0, 2]])
+    assert reset["observation"][1, 1] == 0 and before[1, 1] != 0
+    # the untouched envs go on accelerating; the reset one starts from rest
+    assert torch.all(after[[0, 2], 1] > before[[0, 2], 1])
+    assert 0 < after[1, 1] < before[1, 1]
+
+
+def test_block_id_transform_writes_long_ids():
+    """BlockIdTransform writes the ids on reset and on every step, as torch.long, and declares them in the spec."""
+    ids = BlockLayout(num_envs=4, num_blocks=2).block_ids()
+    env = TransformedEnv(EnvpoolEnv(4, "Pendulum-v1"), BlockIdTransform(ids))
+    try:
+        assert env.observation_spec["block_id"].dtype == torch.long
+        reset = env.reset()
+        assert reset["block_id"].dtype == torch.long and reset["block_id"].tolist() == [0, 0, 1, 1]
+        rollout = env.rollout(3)
+        for key in ["block_id", ("next", "block_id")]:
+            assert rollout[key].dtype == torch.long
+            assert torch.equal(rollout[key], ids[:, None].expand(4, 3))
+        check_env_specs(env)
+    finally:
+        env.close()
+
+
+def test_block_id_transform_rejects_wrong_count():
+    """More or fewer ids than envs is refused."""
+    with pytest.raises(ValueError, match="3 block ids"):
+        TransformedEnv(EnvpoolEnv(4, "Pendulum-v1"), BlockIdTransform(torch.tensor([0, 0, 1]))).observation_spec
+
+
+def test_make_sapg_env_clips_actions_and_reports_episode_reward():
+    """Actions are clipped to the bounds on the way in (stored unclipped); episode_reward is the unscaled return."""
+    ids = torch.tensor([0, 1])
+    base = EnvpoolEnv(2, "MountainCarContinuous-v0", create_env_kwargs=SHORT)
+    env = make_sapg_env(base, ids, reward_scale=0.5)
+    try:
+        check_env_specs(env)
+        rollout = env.rollout(5, constant_policy(3.0), break_when_any_done=False)
+        # the env saw a = 1 (reward -0.1 * 1^2, scaled by 0.5), not a = 3 (-0.9)
+        torch.testing.assert_close(rollout["next", "reward"], torch.full((2, 5, 1), -0.05))
+        assert torch.all(rollout["action"] == 3.0)
+        episode = rollout["next", "episode_reward"].squeeze(-1)
+        torch.testing.assert_close(episode, torch.tensor([-0.1, -0.2, -0.3, -0.1, -0.2]).expand(2, 5))
+        assert torch.equal(rollout["next", "block_id"], ids[:, None].expand(2, 5))
+    finally:
+        env.close()
+
+
+def test_unclipped_base_env_sees_the_raw_action():
+    """Control for the clipping test: without clipping, action 3 costs -0.1 * 9 per step."""
+    env = make_sapg_env(EnvpoolEnv(2, "MountainCarContinuous-v0"), torch.tensor([0, 0]), clip_actions=False)
+    try:
+        rollout = env.rollout(2, constant_policy(3.0))
+    finally:
+        env.close()
+    torch.testing.assert_close(rollout["next", "reward"], torch.full((2, 2, 1), -0.9))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="make_sapg_env passes per-dimension bound tensors to torchrl's ClipTransform, which accepts only "
+    "scalar bounds: any env with more than one action dimension (HalfCheetah-v4, the example of EnvpoolEnv's "
+    "docstring) raises 'low and high must be scalars or None' (sapg_torchrl/envs/factory.py, clip_actions)",
+)
+def test_make_sapg_env_clips_multidimensional_actions():
+    """An env with a 6-d action (HalfCheetah) is wrapped; out-of-bounds actions reach it clipped to [-1, 1]."""
+    env = make_sapg_env(EnvpoolEnv(2, "HalfCheetah-v4"), torch.tensor([0, 1]))
+    try:
+        action = torch.full((2, 6), 5.0, dtype=env.action_spec.dtype)
+        rollout = env.rollout(2, lambda td: td.set("action", action), break_when_any_done=False)
+    finally:
+        env.close()
+    # control cost 0.1 * |a|^2 is 0.6 for the clipped action, 15 for the raw one
+    assert torch.all(rollout["next", "reward"] > -3)

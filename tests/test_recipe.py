@@ -1,0 +1,106 @@
+"""The recipe's command line: bad inputs give one line naming the value; finished runs are never overwritten."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sapg_torchrl import ConfigError
+from sapg_torchrl.recipe_cli import check_group_choices, exit_on_config_error
+
+
+def start_recipe(repo_root, *args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}  # third-party warnings are not our message
+    return subprocess.Popen(
+        [sys.executable, str(repo_root / "recipes" / "sapg.py"), *args],
+        cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(process, timeout=180):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_recipe(repo_root, *args):
+    return finish(start_recipe(repo_root, *args))
+
+
+def assert_one_line_error(result, *must_contain):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    for text in must_contain:
+        assert text in lines[0], lines[0]
+
+
+BAD_INPUTS = {
+    "ablation=foo": ["'foo'", "sapg", "no_split", "disjoint"],
+    "env=bar": ["'bar'", "mountaincar"],
+    "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],
+    "sapg.num_blocks=0": ["num_blocks=0", ">= 1"],
+    "sapg.off_policy_ratio=6": ["off_policy_ratio=6", "[1, 5]"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(repo_root_module, tmp_path_factory):
+    """All bad-input runs, started together (each is mostly interpreter start-up)."""
+    base = tmp_path_factory.mktemp("bad")
+    processes = {
+        override: start_recipe(
+            repo_root_module, override, f"hydra.run.dir={base / str(i)}", "logger.wandb=false", "device=cpu"
+        )
+        for i, override in enumerate(BAD_INPUTS)
+    }
+    results = {override: finish(process) for override, process in processes.items()}
+    return base, results
+
+
+@pytest.mark.parametrize("override", list(BAD_INPUTS))
+def test_bad_input_exits_with_one_line(bad_runs, override):
+    """Exit status 2, one stderr line 'error: ...' naming the bad value and accepted ones, no traceback."""
+    base, results = bad_runs
+    assert_one_line_error(results[override], *BAD_INPUTS[override])
+    assert not list(base.glob("*/metrics.csv"))
+
+
+def test_run_folder_is_never_reused(repo_root, tmp_path, tiny_cfg, tiny_overrides):
+    """A folder that already holds metrics.csv is refused, in-process and from the command line; nothing changes."""
+    from sapg_torchrl.config import train
+
+    run_dir = tmp_path / "run"
+    train(tiny_cfg(), run_dir)
+    kept = {p: p.read_bytes() for p in [run_dir / "metrics.csv", run_dir / "config.yaml"]}
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 1
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_cfg(), run_dir)
+    result = run_recipe(repo_root, *tiny_overrides, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(result, str(run_dir), "hydra.run.dir")
+
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
+
+
+def test_group_choices_checked_one_by_one(repo_root, capsys):
+    """A multirun list is checked value by value; the bad one is named with the accepted ones."""
+    config_dir = repo_root / "recipes" / "config"
+    check_group_choices(["ablation=sapg,disjoint", "seed=1", "+fidelity=paper"], config_dir, ["ablation", "fidelity"])
+    with pytest.raises(SystemExit) as exit_info:
+        check_group_choices(["ablation=sapg,nope"], config_dir, ["ablation"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error:") and "'nope'" in line and "symmetric" in line
+
+
+def test_config_error_becomes_one_line(capsys):
+    """exit_on_config_error turns a ConfigError into 'error: <message>' and exit status 2."""
+    with pytest.raises(SystemExit) as exit_info, exit_on_config_error():
+        raise ConfigError("leader='middle' is not accepted: use 'first', 'last' or a block index")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: leader='middle' is not accepted: use 'first', 'last' or a block index\n"

@@ -1,0 +1,122 @@
+"""End-to-end runs: every ablation and the paper fidelity train and write their run folder; SAPG learns."""
+
+import csv
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sapg_torchrl.config import train
+
+VARIANTS = {
+    "sapg": ["ablation=sapg"],
+    "no_split": ["ablation=no_split"],
+    "symmetric": ["ablation=symmetric"],
+    "no_off_policy": ["ablation=no_off_policy"],
+    "no_is_correction": ["ablation=no_is_correction"],
+    "no_entropy": ["ablation=no_entropy"],
+    "disjoint": ["ablation=disjoint"],
+    "paper": ["fidelity=paper"],
+    "paper_no_is_correction": ["fidelity=paper", "ablation=no_is_correction", "sapg.advantage_norm=per_block"],
+}
+WITH_RELABELLED = set(VARIANTS) - {"no_split", "no_off_policy"}
+
+
+def read_metrics(path):
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in rows]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tiny_run_writes_its_folder(tiny_cfg, tmp_path, variant):
+    """A tiny run completes and writes config.yaml, metrics.csv (finite where defined) and a checkpoint."""
+    cfg = tiny_cfg(*VARIANTS[variant])
+    run_dir = tmp_path / "run"
+    last = train(cfg, run_dir)
+
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert OmegaConf.to_container(saved) == OmegaConf.to_container(cfg, resolve=True)
+
+    rows = read_metrics(run_dir / "metrics.csv")
+    iterations, frames_per_iteration = 10, cfg.env.num_envs * cfg.ppo.horizon
+    assert [r["iteration"] for r in rows] == list(range(1, iterations + 1))
+    assert [r["frames"] for r in rows] == [i * frames_per_iteration for i in range(1, iterations + 1)]
+    for row in rows:
+        for key in ["train/loss_objective", "train/loss_critic", "train/loss_entropy", "train/kl_approx",
+                    "train/entropy", "train/grad_norm", "train/lr", "eval/return", "episodes/leader"]:  # fmt: skip
+            assert math.isfinite(row[key]), key
+        assert row["eval/episodes"] == cfg.env.eval_envs  # 3-step episodes end within eval_steps = 5
+        if row["episodes/leader"] > 0:
+            assert math.isfinite(row["return/leader"])
+        off_policy = [row[k] for k in ("train/is_ratio_mean", "train/is_ratio_max", "train/off_policy_in_clip_fraction")]
+        assert all(map(math.isfinite, off_policy)) == (variant in WITH_RELABELLED)
+        assert all(map(math.isnan, off_policy)) == (variant not in WITH_RELABELLED)
+    assert rows[-1]["episodes/leader"] > 0 and math.isfinite(rows[-1]["return/leader"])
+    assert last["return/leader"] == pytest.approx(rows[-1]["return/leader"])
+
+    blocks = cfg.sapg.num_blocks
+    assert {k for k in rows[0] if k.startswith("return/per_block/")} == {f"return/per_block/{b}" for b in range(blocks)}
+    if variant == "no_entropy":
+        assert all(row["train/loss_entropy"] == 0 for row in rows)
+
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.pt"))
+    assert [p.name for p in checkpoints] == ["iter_000010.pt"]
+    state = torch.load(checkpoints[0], weights_only=False)
+    assert state["iteration"] == iterations and state["frames"] == cfg.total_frames
+    assert any(k.startswith("actor_network_params") for k in state["loss"])
+
+
+@pytest.mark.parametrize("fidelity, leader", [("code", 5), ("paper", 0)])
+def test_evaluation_runs_the_leader(tiny_cfg, tmp_path, fidelity, leader):
+    """The evaluation envs run the leader's block (last in the code, first in the paper), never block 0 by default."""
+    from sapg_torchrl.config import build_trainer
+
+    trainer = build_trainer(tiny_cfg(f"fidelity={fidelity}"), tmp_path)
+    assert trainer.layout.leader == leader
+    assert trainer.eval_env.reset()["block_id"].tolist() == [leader] * 2
+    assert trainer.env.reset()["block_id"].tolist() == [b // 2 for b in range(12)]
+    metrics = trainer.evaluate()
+    assert metrics["eval/episodes"] == 2 and math.isfinite(metrics["eval/return"])
+    trainer.collector.shutdown()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="envpool MuJoCo tasks (InvertedPendulum-v4, HalfCheetah-v4, ...) return float64 observations and "
+    "neither EnvpoolEnv nor make_sapg_env casts them, so the float32 network fails ('mat1 and mat2 must have "
+    "the same dtype'); sapg_torchrl/envs/factory.py needs a DoubleToFloat transform",
+)
+def test_mujoco_task_trains(tiny_cfg, tmp_path):
+    """A MuJoCo task (float64 observations in envpool, 1-d action) trains like the classic-control ones."""
+    train(tiny_cfg("env.make.env_name=InvertedPendulum-v4", "total_frames=48"), tmp_path / "run")
+
+
+def first_and_late_leader_return(rows, fraction=0.1):
+    """The leader's return at the first iteration that completed one of its episodes, and its mean over the
+    last ``fraction`` of the frame budget."""
+    returns = [(r["frames"], r["return/leader"]) for r in rows if math.isfinite(r["return/leader"])]
+    total = rows[-1]["frames"]
+    late = [ret for frames, ret in returns if frames > (1 - fraction) * total]
+    return returns[0][1], sum(late) / len(late)
+
+
+@pytest.mark.slow
+def test_sapg_learns_pendulum(compose_cfg, tmp_path):
+    """On an easy task (envpool Pendulum-v1, random return about -1200, solved about -150) the default SAPG
+    config's leader return over the last 10% of 300k frames is far above its first one (first 200-step
+    episodes), and so is the final deterministic evaluation of the leader."""
+    cfg = compose_cfg(
+        "device=cpu", "logger.wandb=false", "train.progress=false",
+        "env.make.env_name=Pendulum-v1", "env.num_envs=96", "total_frames=300000", "network.hidden=[64,64]",
+        "train.eval_interval=1000", "env.eval_envs=8", "env.eval_steps=200",
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    first, late = first_and_late_leader_return(rows)
+    assert late > first + 500 and late > -600, (first, late)
+    evaluations = [r["eval/return"] for r in rows if math.isfinite(r["eval/return"])]
+    assert len(evaluations) == 2  # the first and the last iteration
+    assert evaluations[-1] > evaluations[0] + 500 and evaluations[-1] > -600, evaluations
