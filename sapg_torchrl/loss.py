@@ -65,8 +65,9 @@ class SAPGLoss(ClipPPOLoss):
         entropy_coeff (float or sequence of float or Tensor): entropy coefficient of every block (see
             :func:`~sapg_torchrl.block_entropy_coefficients`); a float is used for all blocks.
             Defaults to ``0.0``.
-        num_blocks (int, optional): number of blocks when ``entropy_coeff`` is a float. Defaults to
-            ``len(entropy_coeff)``, or 1.
+        num_blocks (int, optional): number of blocks. Defaults to ``len(entropy_coeff)``. With a float
+            ``entropy_coeff`` and no ``num_blocks`` the coefficient applies to every row and
+            ``entropy_per_block`` is not reported.
         clip_epsilon (float): PPO clip range. Defaults to ``0.2``.
         clip_mode (str): ``"code"`` (default) or ``"paper"``, see above.
         off_policy_weight (float): ``lambda`` for relabelled rows. Defaults to ``1.0``.
@@ -147,12 +148,12 @@ class SAPGLoss(ClipPPOLoss):
             raise ConfigError(
                 f"max_importance_ratio={max_importance_ratio} is not accepted: use None (no cap) or a value > 1"
             )
-        entropy_coeff = torch.as_tensor(entropy_coeff, dtype=torch.float32).reshape(-1)
-        if num_blocks is None:
+        entropy_coeff = torch.as_tensor(entropy_coeff, dtype=torch.float32)
+        if entropy_coeff.ndim and num_blocks is None:
             num_blocks = entropy_coeff.numel()
-        if entropy_coeff.numel() == 1:
+        if num_blocks is not None and entropy_coeff.ndim == 0:
             entropy_coeff = entropy_coeff.expand(num_blocks).clone()
-        if entropy_coeff.numel() != num_blocks:
+        if entropy_coeff.ndim and entropy_coeff.numel() != num_blocks:
             raise ConfigError(
                 f"entropy_coeff has {entropy_coeff.numel()} values but num_blocks={num_blocks}: "
                 "give one float, or one value per block"
@@ -170,11 +171,13 @@ class SAPGLoss(ClipPPOLoss):
         )
         # ClipPPOLoss registers a scalar buffer; SAPG's is one coefficient per block, same name.
         self.entropy_coeff = entropy_coeff.to(self.entropy_coeff.device)
+        self.num_blocks = num_blocks
         self.clip_mode = clip_mode
         self.value_norm = value_norm
         self.register_coeff_buffer("off_policy_weight", off_policy_weight)
         self.register_coeff_buffer("bounds_loss_coeff", bounds_loss_coeff)
         self.register_coeff_buffer("action_bound", action_bound)
+        self._in_keys = None  # ClipPPOLoss computed them before clip_mode existed
 
     def _set_in_keys(self):
         super()._set_in_keys()
@@ -241,12 +244,13 @@ class SAPGLoss(ClipPPOLoss):
         weight = torch.where(relabelled, self.off_policy_weight, torch.ones_like(self.off_policy_weight))
         entropy = self._get_entropy(dist, adv_shape=rows)
         coeff = self.entropy_coeff
+        row_coeff = coeff if coeff.ndim == 0 else coeff[block_id].reshape(*rows, 1)
         loc = dist.mean
         excess = (loc.abs() - self.action_bound).clamp_min(0).pow(2).sum(-1, keepdim=True)
 
         td_out = TensorDict(
             loss_objective=-weight * gain,
-            loss_entropy=-weight * coeff[block_id].reshape(*rows, 1) * entropy,
+            loss_entropy=-weight * row_coeff * entropy,
             loss_bounds=weight * self.bounds_loss_coeff * excess,
         )
         if self._has_critic:
@@ -259,14 +263,14 @@ class SAPGLoss(ClipPPOLoss):
 
         with torch.no_grad():
             entropy = entropy.detach()
-            num_blocks = coeff.shape[0]
-            ids = block_id.reshape(-1)
-            per_block_sum = torch.zeros(num_blocks, device=entropy.device).index_add_(0, ids, entropy.reshape(-1))
-            per_block_count = torch.zeros(num_blocks, device=entropy.device).index_add_(
-                0, ids, torch.ones_like(entropy.reshape(-1))
-            )
             td_out.set("entropy", entropy.mean())
-            td_out.set("entropy_per_block", per_block_sum / per_block_count.clamp_min(1))
+            if self.num_blocks is not None:
+                ids = block_id.reshape(-1)
+                zeros = torch.zeros(self.num_blocks, device=entropy.device)
+                total = zeros.index_add(0, ids, entropy.reshape(-1))
+                count = zeros.index_add(0, ids, torch.ones_like(entropy.reshape(-1)))
+                mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+                td_out.set("entropy_per_block", mean)
             td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
             clipped = clipped.float()
             td_out.set("clip_fraction", clipped.mean())

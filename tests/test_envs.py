@@ -139,13 +139,6 @@ def test_unclipped_base_env_sees_the_raw_action():
     torch.testing.assert_close(rollout["next", "reward"], torch.full((2, 2, 1), -0.9))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="make_sapg_env passes per-dimension bound tensors to torchrl's ClipTransform, which accepts only "
-    "scalar bounds: any env with more than one action dimension (HalfCheetah-v4, the example of EnvpoolEnv's "
-    "docstring) raises 'low and high must be scalars or None' (sapg_torchrl/envs/factory.py, clip_actions)",
-)
 def test_make_sapg_env_clips_multidimensional_actions():
     """An env with a 6-d action (HalfCheetah) is wrapped; out-of-bounds actions reach it clipped to [-1, 1]."""
     env = make_sapg_env(EnvpoolEnv(2, "HalfCheetah-v4"), torch.tensor([0, 1]))

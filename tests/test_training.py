@@ -82,13 +82,6 @@ def test_evaluation_runs_the_leader(tiny_cfg, tmp_path, fidelity, leader):
     trainer.collector.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="envpool MuJoCo tasks (InvertedPendulum-v4, HalfCheetah-v4, ...) return float64 observations and "
-    "neither EnvpoolEnv nor make_sapg_env casts them, so the float32 network fails ('mat1 and mat2 must have "
-    "the same dtype'); sapg_torchrl/envs/factory.py needs a DoubleToFloat transform",
-)
 def test_mujoco_task_trains(tiny_cfg, tmp_path):
     """A MuJoCo task (float64 observations in envpool, 1-d action) trains like the classic-control ones."""
     train(tiny_cfg("env.make.env_name=InvertedPendulum-v4", "total_frames=48"), tmp_path / "run")

@@ -11,11 +11,36 @@ from __future__ import annotations
 
 import torch
 from torchrl.envs import EnvBase, TransformedEnv
-from torchrl.envs.transforms import ClipTransform, Compose, RewardScaling, RewardSum
+from tensordict import TensorDictBase
+from torchrl.envs.transforms import Compose, DoubleToFloat, RewardScaling, RewardSum, Transform
 
 from sapg_torchrl.envs.block_id import BlockIdTransform
 
-__all__ = ["make_sapg_env"]
+__all__ = ["make_sapg_env", "ClampAction"]
+
+
+class ClampAction(Transform):
+    """Clamps the action to per-dimension bounds on its way into the env (the stored action is unclamped).
+
+    TorchRL's :class:`~torchrl.envs.transforms.ClipTransform` takes scalar bounds only; action spaces may have
+    different bounds per dimension.
+
+    Args:
+        low, high (Tensor): bounds, shape ``[action_dim]``.
+        action_key (NestedKey): the action's key. Defaults to ``"action"``.
+    """
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, action_key="action"):
+        super().__init__(in_keys_inv=[action_key], out_keys_inv=[action_key])
+        self.register_buffer("low", torch.as_tensor(low))
+        self.register_buffer("high", torch.as_tensor(high))
+
+    def _inv_apply_transform(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(action, self.low.to(action), self.high.to(action))
+
+    def _inv_call(self, tensordict: TensorDictBase) -> TensorDictBase:
+        key = self.in_keys_inv[0]
+        return tensordict.set(key, self._inv_apply_transform(tensordict.get(key)))
 
 
 def make_sapg_env(
@@ -27,8 +52,9 @@ def make_sapg_env(
 ) -> TransformedEnv:
     """Wraps a batched env (batch size ``[N]``) with the transforms SAPG training expects.
 
-    In order: actions clipped to the action spec's bounds on their way in (the policy's unclipped sample
-    and its log-prob are what is stored, as in rl_games); the undiscounted episode return ``episode_reward`` in the env's own reward units; rewards scaled by
+    In order: float64 entries cast to float32 (envpool's MuJoCo tasks return float64); actions clipped to
+    the action spec's bounds on their way in (the policy's unclipped sample and its log-prob are what is
+    stored, as in rl_games); the undiscounted episode return ``episode_reward`` in the env's own reward units; rewards scaled by
     ``reward_scale``; ``block_id``.
 
     Args:
@@ -47,11 +73,11 @@ def make_sapg_env(
         >>> sorted(env.rollout(3)["next"].keys())
         ['block_id', 'done', 'episode_reward', 'observation', 'reward', 'terminated', 'truncated']
     """
-    transforms = []
+    transforms = [DoubleToFloat()]
     if clip_actions:
         space = base_env.action_spec.space
         low, high = space.low.reshape(-1, space.low.shape[-1])[0], space.high.reshape(-1, space.high.shape[-1])[0]
-        transforms.append(ClipTransform(in_keys_inv=["action"], out_keys_inv=["action"], low=low, high=high))
+        transforms.append(ClampAction(low.float(), high.float()))
     transforms.append(RewardSum())
     if reward_scale != 1.0:
         transforms.append(RewardScaling(loc=0.0, scale=reward_scale))
