@@ -23,7 +23,7 @@ from torch import nn
 from torchrl.modules import IndependentNormal, ProbabilisticActor
 from torchrl.modules.value_norm import ValueNorm
 
-from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, Standardize, mlp
+from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, mlp
 
 __all__ = ["make_actor_critic"]
 
@@ -118,23 +118,26 @@ def make_actor_critic(
         prefix = [TensorDictModule(Standardize(observation_norm), in_keys=[observation_key], out_keys=["observation_std"])]
         observation_key = "observation_std"
     ins = [observation_key, block_id_key]
-    actor_trunk = TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"])
-    critic_trunk = actor_trunk if shared_trunk else TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"])
-    critic_hidden = critic_trunk.out_keys[0]
+    actor_trunk = TensorDictSequential(*prefix, TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"]))
+    if shared_trunk:  # computed once per loss evaluation, see ReuseIfPresent
+        actor_trunk = critic_trunk = ReuseIfPresent(actor_trunk)
+    else:
+        critic_trunk = TensorDictSequential(*prefix, TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"]))
+    critic_hidden = critic_trunk.out_keys[-1]
 
     loc = TensorDictModule(head(action_dim), in_keys=["actor_hidden", block_id_key], out_keys=["loc"])
     log_std = TensorDictModule(
         BlockLogStd(num_blocks, action_dim), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
     )
     actor = ProbabilisticActor(
-        TensorDictSequential(*prefix, actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
+        TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
         out_keys=["action"],
         distribution_class=IndependentNormal,
         return_log_prob=True,
     )
 
-    steps = [*prefix, critic_trunk, TensorDictModule(head(1), in_keys=[critic_hidden, block_id_key], out_keys=["state_value"])]
+    steps = [critic_trunk, TensorDictModule(head(1), in_keys=[critic_hidden, block_id_key], out_keys=["state_value"])]
     if value_norm is not None:
         steps.append(TensorDictModule(Denormalize(value_norm), in_keys=["state_value"], out_keys=["state_value"]))
     critic = TensorDictSequential(*steps, selected_out_keys=["state_value"])

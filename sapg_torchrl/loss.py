@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import contextlib
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
@@ -13,6 +15,7 @@ from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import ClipPPOLoss
 
 from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.nn import ReuseIfPresent
 
 __all__ = ["SAPGLoss", "CLIP_MODES"]
 
@@ -51,6 +54,8 @@ class SAPGLoss(ClipPPOLoss):
       ``pi_theta / pi_behaviour`` while keeping a rescaled gradient), since relabelled ratios have no
       upper bound otherwise;
     - optional **bounds loss** on the action mean: ``bounds_loss_coeff * sum(relu(|mu| - action_bound)^2)``;
+    - a trunk shared by the actor and the critic (:class:`~sapg_torchrl.nn.ReuseIfPresent`, as built by
+      :func:`~sapg_torchrl.make_actor_critic`) is evaluated once per minibatch, not once per head;
     - critic regression in the space of an optional :class:`~torchrl.modules.ValueNorm` (the critic
       denormalises its output with the same object; this loss does not update the statistics: call
       ``value_norm.update(value_targets)`` once per iteration).
@@ -178,6 +183,9 @@ class SAPGLoss(ClipPPOLoss):
         self.register_coeff_buffer("bounds_loss_coeff", bounds_loss_coeff)
         self.register_coeff_buffer("action_bound", action_bound)
         self._in_keys = None  # ClipPPOLoss computed them before clip_mode existed
+        # trunks the actor and the critic share: computed once per forward, then reused by both heads
+        in_actor = {id(m) for m in actor_network.modules() if isinstance(m, ReuseIfPresent)}
+        self._shared_trunks = [m for m in critic_network.modules() if isinstance(m, ReuseIfPresent) and id(m) in in_actor]
 
     def _set_in_keys(self):
         super()._set_in_keys()
@@ -228,6 +236,14 @@ class SAPGLoss(ClipPPOLoss):
         relabelled = relabelled.reshape(*rows, 1)
         on_policy = ~relabelled
 
+        if self._shared_trunks:
+            with (
+                self.actor_network_params.to_module(self.actor_network, preserve_module_state=False)
+                if self.functional
+                else contextlib.nullcontext()
+            ):
+                for trunk in self._shared_trunks:
+                    trunk(tensordict)
         log_weight, dist, kl_approx, log_is_weight = self._log_weight(tensordict, adv_shape=rows)
         low, high = self._clip_bounds
         if self.clip_mode == "paper":

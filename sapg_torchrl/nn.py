@@ -11,11 +11,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torch.func import functional_call, stack_module_state
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Standardize", "Denormalize"]
+__all__ = [
+    "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Standardize", "Denormalize", "ReuseIfPresent",
+]  # fmt: skip
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -152,3 +156,25 @@ class Standardize(nn.Module):
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         return self.norm.normalize(observation).clamp(-self.clip, self.clip)
+
+
+class ReuseIfPresent(TensorDictModuleBase):
+    """Runs ``module`` unless all its ``out_keys`` are already in the input tensordict, then reuses them.
+
+    Wraps the trunk that the actor and the critic share: :class:`~sapg_torchrl.SAPGLoss` computes it once
+    per minibatch and both heads reuse the result, instead of running the trunk twice. Elsewhere its
+    output never leaves the actor or the critic (they select only their own outputs), so nothing stale is
+    reused.
+    """
+
+    def __init__(self, module: TensorDictModuleBase):
+        super().__init__()
+        self.module = module
+        self.in_keys = list(module.in_keys)
+        self.out_keys = list(module.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        keys = tensordict.keys(True)
+        if all(key in keys for key in self.out_keys):
+            return tensordict
+        return self.module(tensordict)

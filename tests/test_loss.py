@@ -260,3 +260,38 @@ def test_set_keys_block_id():
     out = loss(renamed)
     for key in (*LOSSES, "entropy_per_block"):
         torch.testing.assert_close(out[key], reference[key])
+
+
+def test_shared_trunk_runs_once_per_loss_call_with_unchanged_gradients():
+    """With a shared trunk the loss evaluates it once; losses and gradients equal two evaluations."""
+    from sapg_torchrl.nn import ConditionedMLP
+
+    torch.manual_seed(0)
+    actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,))
+    data = TensorDict(observation=torch.randn(32, 3), block_id=torch.arange(2).repeat(16), batch_size=[32])
+    with torch.no_grad():
+        data = actor(critic(data))
+    data["advantage"], data["value_target"] = torch.randn(32, 1), torch.randn(32, 1)
+    calls = []
+    trunk = next(m for m in actor.modules() if isinstance(m, ConditionedMLP))
+    trunk.register_forward_hook(lambda *args: calls.append(1))
+
+    def grads(loss):
+        actor.zero_grad(), critic.zero_grad()
+        out = loss(data.clone())
+        (out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]).backward()
+        return out, {n: p.grad.clone() for n, p in loss.named_parameters() if p.grad is not None}
+
+    once = SAPGLoss(actor, critic, entropy_coeff=[0.01, 0.0])
+    out_once, g_once = grads(once)
+    assert len(calls) == 1
+    twice = SAPGLoss(actor, critic, entropy_coeff=[0.01, 0.0])
+    twice._shared_trunks = []  # the unshared path: each head runs the trunk
+    calls.clear()
+    out_twice, g_twice = grads(twice)
+    assert len(calls) == 2
+    for key in ("loss_objective", "loss_critic", "loss_entropy"):
+        torch.testing.assert_close(out_once[key], out_twice[key])
+    assert g_once.keys() == g_twice.keys()
+    for name in g_once:
+        torch.testing.assert_close(g_once[name], g_twice[name])
