@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
@@ -19,7 +21,9 @@ from sapg_torchrl.logging import CSVSink, WandbSink
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.trainer import SAPGTrainer
 
-__all__ = ["build_trainer", "train"]
+__all__ = ["build_trainer", "prepare_run_dir", "train"]
+
+log = logging.getLogger(__name__)
 
 
 def _device(name: str) -> torch.device:
@@ -106,13 +110,54 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=()) 
     )  # fmt: skip
 
 
-def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str, float]:
-    """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs and checkpoints."""
-    run_dir = Path(run_dir)
+RESULT_FILE = "result.json"
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", RESULT_FILE)
+
+
+def prepare_run_dir(run_dir: Path, config_yaml: str) -> dict | None:
+    """Makes ``run_dir`` ready for a run; returns the stored result if this exact run already finished.
+
+    - finished (``result.json``) with the same resolved config: nothing to do, the result is returned;
+    - finished with another config: :class:`ConfigError`, nothing is touched;
+    - interrupted or failed (``metrics.csv`` but no ``result.json``): its files are moved, not deleted, to
+      ``run_dir/interrupted-<n>/`` and the run starts again.
+    """
+    if (run_dir / RESULT_FILE).exists():
+        if (run_dir / "config.yaml").read_text() != config_yaml:
+            raise ConfigError(
+                f"run folder {run_dir} holds a finished run with another config: pass a new hydra.run.dir "
+                "(or hydra.sweep.dir)"
+            )
+        return json.loads((run_dir / RESULT_FILE).read_text())
     if (run_dir / "metrics.csv").exists():
-        raise ConfigError(f"run folder {run_dir} already holds a run: pass a new hydra.run.dir")
+        n = 0
+        while (run_dir / f"interrupted-{n}").exists():
+            n += 1
+        aside = run_dir / f"interrupted-{n}"
+        aside.mkdir()
+        for name in RUN_FILES:
+            if (run_dir / name).exists():
+                (run_dir / name).rename(aside / name)
+        log.warning("%s held an unfinished run: moved its files to %s and starting again", run_dir, aside)
+    return None
+
+
+def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str, float]:
+    """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs, checkpoints, ``result.json``.
+
+    Re-running the same config in the same folder skips a finished run and redoes an interrupted one
+    (see :func:`prepare_run_dir`), which is what makes a study sweep resumable.
+    """
+    run_dir = Path(run_dir)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    finished = prepare_run_dir(run_dir, config_yaml)
+    if finished is not None:
+        log.info("%s already finished: skipped", run_dir)
+        return finished
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    (run_dir / "config.yaml").write_text(config_yaml)
     sinks = [CSVSink(run_dir / "metrics.csv")]
     wandb = None
     if cfg.logger.wandb:
@@ -122,7 +167,9 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str,
         )  # fmt: skip
         sinks.append(wandb)
     try:
-        return build_trainer(cfg, run_dir, sinks).train()
+        result = build_trainer(cfg, run_dir, sinks).train()
     finally:
         if wandb is not None:
             wandb.close()
+    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return result

@@ -1,5 +1,6 @@
 """The recipe's command line: bad inputs give one line naming the value; finished runs are never overwritten."""
 
+import json
 import os
 import subprocess
 import sys
@@ -68,23 +69,44 @@ def test_bad_input_exits_with_one_line(bad_runs, override):
     assert not list(base.glob("*/metrics.csv"))
 
 
-def test_run_folder_is_never_reused(repo_root, tmp_path, tiny_cfg, tiny_overrides):
-    """A folder that already holds metrics.csv is refused, in-process and from the command line; nothing changes."""
+def test_finished_run_is_skipped_and_kept(tmp_path, tiny_cfg):
+    """Re-running a finished run (same config, same folder) returns its result and changes nothing."""
+    from sapg_torchrl.config import train
+
+    run_dir = tmp_path / "run"
+    first = train(tiny_cfg(), run_dir)
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert train(tiny_cfg(), run_dir) == json.loads((run_dir / "result.json").read_text())
+    assert first["frames"] == json.loads((run_dir / "result.json").read_text())["frames"]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
+
+
+def test_finished_run_with_other_config_is_refused(repo_root, tmp_path, tiny_cfg, tiny_overrides):
+    """A folder holding a finished run of another config is refused, in-process and from the CLI; nothing changes."""
     from sapg_torchrl.config import train
 
     run_dir = tmp_path / "run"
     train(tiny_cfg(), run_dir)
-    kept = {p: p.read_bytes() for p in [run_dir / "metrics.csv", run_dir / "config.yaml"]}
-    checkpoints = sorted((run_dir / "checkpoints").iterdir())
-    assert len(checkpoints) == 1
-
-    with pytest.raises(ConfigError, match="already holds a run"):
-        train(tiny_cfg(), run_dir)
-    result = run_recipe(repo_root, *tiny_overrides, f"hydra.run.dir={run_dir}")
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="another config"):
+        train(tiny_cfg("seed=7"), run_dir)
+    result = run_recipe(repo_root, *tiny_overrides, "seed=7", f"hydra.run.dir={run_dir}")
     assert_one_line_error(result, str(run_dir), "hydra.run.dir")
+    assert {p: p.read_bytes() for p in files} == files
 
-    assert {p: p.read_bytes() for p in kept} == kept
-    assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
+
+def test_interrupted_run_is_moved_aside_and_redone(tmp_path, tiny_cfg):
+    """An unfinished run's files are moved (not deleted) to interrupted-0/ and the run starts again."""
+    from sapg_torchrl.config import train
+
+    run_dir = tmp_path / "run"
+    train(tiny_cfg(), run_dir)
+    (run_dir / "result.json").unlink()  # as if the run had died before finishing
+    partial = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    train(tiny_cfg(), run_dir)
+    aside = run_dir / "interrupted-0"
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == partial
+    assert (run_dir / "result.json").exists() and (run_dir / "metrics.csv").exists()
 
 
 def test_group_choices_checked_one_by_one(repo_root, capsys):
