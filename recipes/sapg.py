@@ -24,14 +24,17 @@ from sapg_torchrl.recipe_cli import check_group_choices, exit_on_config_error  #
 CONFIG_DIR = Path(__file__).parent / "config"
 
 
-@hydra.main(config_path="config", config_name="sapg", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict:
+    """The job: one training run in Hydra's output folder (also the study's job, see recipes/study.py)."""
     from sapg_torchrl.config import train
 
     runtime = HydraConfig.get().runtime
     choices = runtime.choices
     with exit_on_config_error():
-        train(cfg, runtime.output_dir, name=f"{choices['env']}_{choices['ablation']}_seed{cfg.seed}")
+        return train(cfg, runtime.output_dir, name=f"{choices['env']}_{choices['ablation']}_seed{cfg.seed}")
+
+
+main = hydra.main(config_path=str(CONFIG_DIR), config_name="sapg", version_base="1.3")(run)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def make_actor_critic(
     shared_trunk: bool = True,
     disjoint: bool = False,
     activation: str = "elu",
+    max_log_std: float | None = None,
     value_norm: ValueNorm | None = None,
     observation_norm: ValueNorm | None = None,
     observation_key="observation",
@@ -79,6 +80,8 @@ def make_actor_critic(
         disjoint (bool): ``M`` separate networks without phi (the ``disjoint`` ablation); overrides
             ``phi_dim``.
         activation (str): hidden activation. Defaults to ``"elu"``.
+        max_log_std (float, optional): cap of every block's log-std (see :class:`~sapg_torchrl.nn.BlockLogStd`).
+            Defaults to ``None`` (none, as in the released code).
         value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
             critic denormalises them with these statistics (pass the same object to
             :class:`~sapg_torchrl.SAPGLoss`).
@@ -127,7 +130,7 @@ def make_actor_critic(
 
     loc = TensorDictModule(head(action_dim), in_keys=["actor_hidden", block_id_key], out_keys=["loc"])
     log_std = TensorDictModule(
-        BlockLogStd(num_blocks, action_dim), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
+        BlockLogStd(num_blocks, action_dim, max_log_std=max_log_std), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
     )
     actor = ProbabilisticActor(
         TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),

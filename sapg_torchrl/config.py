@@ -62,6 +62,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=()) 
         shared_trunk=net.shared_trunk,
         disjoint=net.disjoint,
         activation=net.activation,
+        max_log_std=net.max_log_std,
         value_norm=value_norm,
         observation_norm=observation_norm,
     )

@@ -64,7 +64,9 @@ class ConditionedMLP(nn.Module):
 class BlockLogStd(nn.Module):
     """A state-independent, learned log-std vector per block (``num_blocks x action_dim``, init 0).
 
-    Maps ``(loc, block_id)`` to ``(loc, scale)``.
+    Maps ``(loc, block_id)`` to ``(loc, scale)``. ``max_log_std`` optionally caps the log-std: with clipped
+    actions a larger std changes nothing the env sees, so an entropy bonus would otherwise grow it without
+    bound, and relabelled rows from such a follower get importance ratios of 0 under the leader.
 
     Examples:
         >>> head = BlockLogStd(num_blocks=2, action_dim=3)
@@ -76,12 +78,16 @@ class BlockLogStd(nn.Module):
                 [1., 1., 1.]], grad_fn=<ExpandBackward0>)
     """
 
-    def __init__(self, num_blocks: int, action_dim: int, init: float = 0.0):
+    def __init__(self, num_blocks: int, action_dim: int, init: float = 0.0, max_log_std: float | None = None):
         super().__init__()
         self.log_std = nn.Parameter(torch.full((num_blocks, action_dim), float(init)))
+        self.max_log_std = max_log_std
 
     def forward(self, loc: torch.Tensor, block_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return loc, self.log_std[block_id].exp().expand_as(loc)
+        log_std = self.log_std[block_id]
+        if self.max_log_std is not None:
+            log_std = log_std.clamp(max=self.max_log_std)
+        return loc, log_std.exp().expand_as(loc)
 
 
 class Blockwise(nn.Module):
