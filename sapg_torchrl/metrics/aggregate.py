@@ -5,8 +5,10 @@ stratified-bootstrap confidence intervals (percentile method).
 dependency). Scores are given per run (one scalar per seed, shape ``(n_seeds,)``) or, as rliable takes
 them, per run and task (``(n_runs, n_tasks)``); a 1-D array is one task.
 
-Each call draws its bootstrap from a fresh ``numpy.random.RandomState(seed)`` (per variant in
-:func:`iqm_with_ci`), so a variant's interval does not depend on which other variants are passed.
+Each call draws its bootstrap from numpy's generator seeded with ``seed`` (afresh per variant in
+:func:`iqm_with_ci`), so results are reproducible and a variant's interval does not depend on which other
+variants are passed. rliable 1.2 draws from numpy's *global* generator whatever ``random_state`` it is
+given, so the global state is seeded for the call and restored afterwards (not thread-safe).
 """
 
 from __future__ import annotations
@@ -43,15 +45,22 @@ def _as_runs_by_tasks(scores, name: str) -> np.ndarray:
 
 def _interval(func, data, reps: int, seed: int, confidence: float) -> tuple[float, float, float]:
     library, _ = _rliable()
-    with warnings.catch_warnings():  # arch >= 7 deprecates the random_state that rliable passes
-        warnings.filterwarnings("ignore", message=".*random_state.*", category=FutureWarning)
-        point, interval = library.get_interval_estimates(
-            {"x": data},
-            func,
-            reps=reps,
-            confidence_interval_size=confidence,
-            random_state=np.random.RandomState(seed),
-        )
+    # rliable (1.2) draws its resampling indices from numpy's global generator (np.random.choice), not
+    # from the random_state it is given: seed the global generator for the call and restore it after.
+    global_state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch >= 7 deprecates the random_state that rliable passes
+            warnings.filterwarnings("ignore", message=".*random_state.*", category=FutureWarning)
+            point, interval = library.get_interval_estimates(
+                {"x": data},
+                func,
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=np.random.RandomState(seed),
+            )
+    finally:
+        np.random.set_state(global_state)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 

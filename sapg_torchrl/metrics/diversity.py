@@ -137,11 +137,12 @@ class StateReservoir:
         return self._buffer[: min(self.seen, self.capacity)]
 
     def state_dict(self) -> dict:
-        """Capacity, seed, block, count of states seen, the states (CPU) and the draw generator's state."""
+        """Settings, count of states seen, the states (CPU) and the draw generator's state."""
         return {
             "capacity": self.capacity,
             "seed": self.seed,
             "block": self.block,
+            "observation_key": self.observation_key,
             "seen": self.seen,
             "states": self.states.detach().cpu(),
             "device": None if self._buffer is None else str(self._buffer.device),
@@ -151,6 +152,7 @@ class StateReservoir:
     def load_state_dict(self, state: Mapping) -> None:
         """Restores :meth:`state_dict`'s output (onto its device when available, else CPU)."""
         self.capacity, self.seed, self.block = state["capacity"], state["seed"], state["block"]
+        self.observation_key = state.get("observation_key", self.observation_key)
         self.seen = state["seen"]
         self._buffer = self._generator = None
         states = state["states"]
@@ -171,7 +173,7 @@ class StateReservoir:
 
     @classmethod
     def load(cls, path: str | Path) -> StateReservoir:
-        """A reservoir restored from :meth:`save`'s file (its observation key is the default one)."""
+        """A reservoir restored from :meth:`save`'s file."""
         state = torch.load(Path(path), weights_only=False)
         reservoir = cls(state["capacity"], state["seed"], block=state["block"])
         reservoir.load_state_dict(state)
