@@ -19,6 +19,7 @@ from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.logging import CSVSink, WandbSink
 from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
 from sapg_torchrl.trainer import SAPGTrainer
 
 __all__ = ["build_trainer", "prepare_run_dir", "train"]
@@ -38,7 +39,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=()) -> SAPGTrainer:
+def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=()) -> SAPGTrainer:
     """Everything one run needs, from the config of ``recipes/config/sapg.yaml``."""
     s, net, ppo, e = cfg.sapg, cfg.network, cfg.ppo, cfg.env
     torch.manual_seed(cfg.seed)
@@ -106,13 +107,13 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=()) 
         max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
         advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
         eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks, run_dir=run_dir,
-        checkpoint_interval=cfg.train.checkpoint_interval, progress=cfg.train.progress, device=device,
+        checkpoint_interval=cfg.train.checkpoint_interval, progress=cfg.train.progress, device=device, hooks=hooks,
         seed=cfg.seed,
     )  # fmt: skip
 
 
 RESULT_FILE = "result.json"
-RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", RESULT_FILE)
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", "states.pt", RESULT_FILE)
 
 
 def prepare_run_dir(run_dir: Path, config_yaml: str) -> dict | None:
@@ -146,6 +147,10 @@ def prepare_run_dir(run_dir: Path, config_yaml: str) -> dict | None:
 def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str, float]:
     """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs, checkpoints, ``result.json``.
 
+    With ``train.record_states`` set, a reservoir of that many of the leader's visited states is kept
+    during training (a trainer hook) and saved as ``states.pt``; ``result.json`` then also holds the final
+    per-block policy entropies and pairwise KLs on those states.
+
     Re-running the same config in the same folder skips a finished run and redoes an interrupted one
     (see :func:`prepare_run_dir`), which is what makes a study sweep resumable.
     """
@@ -167,10 +172,24 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str,
             config=OmegaConf.to_container(cfg, resolve=True),
         )  # fmt: skip
         sinks.append(wandb)
+    reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
     try:
-        result = build_trainer(cfg, run_dir, sinks).train()
+        trainer = build_trainer(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [])
+        result = trainer.train()
     finally:
         if wandb is not None:
             wandb.close()
+    if reservoir is not None:
+        result.update(_diversity(trainer, reservoir, run_dir / "states.pt"))
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def _diversity(trainer: SAPGTrainer, reservoir: StateReservoir, path: Path) -> dict:
+    """Saves the leader's visited states and measures how the final block policies differ on them."""
+    reservoir.save(path)
+    states, num_blocks = reservoir.states, trainer.layout.num_blocks
+    return {
+        "diversity/entropy_per_block": per_block_entropy(trainer.actor, states, num_blocks).tolist(),
+        "diversity/pairwise_kl": pairwise_block_kl(trainer.actor, states, num_blocks).tolist(),
+    }
