@@ -133,18 +133,10 @@ class SAPGVariant:
         _sync(self.device)
         t1 = time.perf_counter()
         # the body of SAPGTrainer.train(), without evaluation, sinks and checkpoints
-        tr.iteration += 1
-        tr.frames += data.numel()
-        tr._track_episodes(data)
-        batch = tr.make_batch(data)
-        for hook in tr.hooks:
-            hook(tr, data)
+        batch = tr.prepare(data)
         _sync(self.device)
         t2 = time.perf_counter()
-        losses = tr.update(batch)
-        if tr.observation_norm is not None:
-            with torch.no_grad():
-                tr.observation_norm.update(data.get("observation"))
+        losses = tr.learn(batch, data)
         tr._iteration_metrics(losses)  # the per-iteration host transfer of the metrics
         _sync(self.device)
         t3 = time.perf_counter()

@@ -13,8 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -28,10 +31,18 @@ def run(cfg: DictConfig) -> dict:
     """The job: one training run in Hydra's output folder (also the study's job, see recipes/study.py)."""
     from sapg_torchrl.config import train
 
-    runtime = HydraConfig.get().runtime
-    choices = runtime.choices
+    hydra_cfg = HydraConfig.get()
+    runtime, choices = hydra_cfg.runtime, hydra_cfg.runtime.choices
+    name = f"{choices['env']}_{choices['ablation']}_seed{cfg.seed}"
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # a sweep job: fail this job alone (Hydra records it and the sweep goes on), with a one-line log
+        try:
+            return train(cfg, runtime.output_dir, name=name)
+        except Exception as err:
+            logging.getLogger("sapg").error("run %s failed: %s: %s", runtime.output_dir, type(err).__name__, err)
+            raise
     with exit_on_config_error():
-        return train(cfg, runtime.output_dir, name=f"{choices['env']}_{choices['ablation']}_seed{cfg.seed}")
+        return train(cfg, runtime.output_dir, name=name)
 
 
 main = hydra.main(config_path=str(CONFIG_DIR), config_name="sapg", version_base="1.3")(run)

@@ -3,7 +3,8 @@
     python recipes/study.py                                  # this machine, 2 runs at a time (joblib)
     python recipes/study.py hydra.launcher.n_jobs=4 total_frames=3e6
     python recipes/study.py hydra/launcher=slurm hydra.launcher.partition=gpu   # a SLURM cluster
-    python recipes/study.py 'hydra.sweeper.params.seed=range(10)' study.name=mountaincar_10seeds
+    python recipes/study.py ablation=sapg,no_split seed=0,1,2         # a part of it
+    python recipes/study.py 'seed=range(10)' study.name=mountaincar_10seeds
 
 Runs land in ``runs/study/<study.name>/<ablation>/seed<k>/`` (``study.name`` defaults to the env preset).
 Re-running the same command skips finished runs and redoes failed or interrupted ones (their files are

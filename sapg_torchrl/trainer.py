@@ -238,6 +238,26 @@ class SAPGTrainer:
         self.episodes += done.sum(-1)
 
     # ------------------------------------------------------------------------------------------ update
+    def prepare(self, data: TensorDictBase) -> TensorDictBase:
+        """First half of an iteration: counts the rollout's frames and episodes, builds the batch
+        (:meth:`make_batch`) and runs the hooks. Returns the batch."""
+        self.iteration += 1
+        self.frames += data.numel()
+        self._track_episodes(data)
+        batch = self.make_batch(data)
+        for hook in self.hooks:
+            hook(self, data)
+        return batch
+
+    def learn(self, batch: TensorDictBase, data: TensorDictBase) -> TensorDictBase:
+        """Second half: the epochs of updates, then the observation statistics take in the rollout
+        (after the update, so the behaviour log-probs stay exact during it). Returns the mean loss outputs."""
+        losses = self.update(batch)
+        if self.observation_norm is not None:
+            with torch.no_grad():
+                self.observation_norm.update(data.get("observation"))
+        return losses
+
     def update(self, batch: TensorDictBase) -> TensorDictBase:
         """``epochs`` passes of shuffled minibatches; returns the mean of the loss outputs."""
         outputs = []
@@ -341,16 +361,7 @@ class SAPGTrainer:
         metrics: dict[str, float] = {}
         try:
             for data in self.collector:
-                self.iteration += 1
-                self.frames += data.numel()
-                self._track_episodes(data)
-                batch = self.make_batch(data)
-                for hook in self.hooks:
-                    hook(self, data)
-                losses = self.update(batch)
-                if self.observation_norm is not None:
-                    with torch.no_grad():
-                        self.observation_norm.update(data.get("observation"))
+                losses = self.learn(self.prepare(data), data)
                 metrics = self._iteration_metrics(losses)
                 last = self.iteration == self.iterations
                 if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):

@@ -5,6 +5,7 @@ import sys
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
 
@@ -26,7 +27,8 @@ def test_study_sweeps_every_ablation_over_five_seeds():
     params = cfg.hydra.sweeper.params
     assert set(params.ablation.split(",")) == ABLATIONS == {p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml")}
     assert params.seed == "range(5)"
-    assert "now:" not in cfg.hydra.sweep.dir and "${seed}" in cfg.hydra.sweep.subdir
+    sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
+    assert "now:" not in sweep["dir"] and "${seed}" in sweep["subdir"]
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.train.threads == 1
 
@@ -41,7 +43,7 @@ def test_slurm_launcher_preset_resolves():
 def _sweep(sweep_dir, *extra):
     return subprocess.run(
         [sys.executable, str(REPO / "recipes" / "study.py"), *TINY_OVERRIDES, f"hydra.sweep.dir={sweep_dir}",
-         "hydra.sweeper.params.ablation=sapg,no_split", "hydra.sweeper.params.seed=range(2)", *extra],
+         "ablation=sapg,no_split", "seed=0,1", *extra],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
 
@@ -65,3 +67,14 @@ def test_study_reruns_skip_finished_and_redo_interrupted(tmp_path):
     for path, stamp in stamps.items():
         if redone not in path.parents:
             assert path.stat().st_mtime_ns == stamp  # finished runs were skipped, not retrained
+
+
+def test_a_crashed_run_loses_nothing_of_the_others(tmp_path):
+    """One run failing (K >= M is only invalid for sapg) does not stop the sweep; the others finish."""
+    sweep_dir = tmp_path / "study"
+    result = _sweep(sweep_dir, "sapg.off_policy_ratio=6")
+    assert result.returncode != 0
+    assert "off_policy_ratio=6" in result.stderr
+    assert sorted(p.relative_to(sweep_dir).parent.as_posix() for p in sweep_dir.glob("*/seed*/result.json")) == [
+        "no_split/seed0", "no_split/seed1",
+    ]  # fmt: skip
