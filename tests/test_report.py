@@ -1,0 +1,213 @@
+"""The study report: numbers on a hand-written study of known curves, and a report of a real tiny sweep."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, TINY_OVERRIDES
+from sapg_torchrl.metrics import StateReservoir
+from sapg_torchrl.study_report import load_study, summarize, write_report
+
+PLOTS = ("learning_curves.png", "final_scores.png", "pca_curves.png", "probability_of_improvement.png")
+TABLES = ("## Asymptotic performance", "## Sample efficiency", "## Exploration diversity")
+
+
+def _table_rows(text: str, heading: str) -> dict[str, list[str]]:
+    """variant -> cells of the first markdown table after ``heading``."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows[1:])}
+
+
+# -------------------------------------------------------------------------------- synthetic study
+BUDGET = 1000
+FRAMES = np.arange(0, BUDGET + 1, 100)  # 0, 100, ..., 1000
+SEEDS = range(5)
+
+
+def _curve(variant: str, seed: int) -> np.ndarray:
+    return {
+        "sapg": np.full(FRAMES.size, 10.0),  # at the best score from the first frame
+        "no_split": FRAMES / 100.0,  # linear from low (0) to high (10)
+        "symmetric": np.zeros(FRAMES.size),  # at low throughout: never reaches the threshold
+        "no_off_policy": np.full(FRAMES.size, float(seed)),  # 0, 1, 2, 3, 4 across seeds
+    }[variant]
+
+
+def _write_run(run_dir, variant, seed, values, num_envs=12):
+    run_dir.mkdir(parents=True)
+    m = 1 if variant == "no_split" else 2
+    config = {"seed": seed, "total_frames": BUDGET, "env": {"make": {"env_name": "Toy-v0"}, "num_envs": num_envs},
+              "sapg": {"num_blocks": m}, "ppo": {"horizon": 4}}  # fmt: skip
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"fidelity": "code", "env": "toy"}}}})
+    )
+    overrides = [f"ablation={variant}", f"seed={seed}", "env=toy"]
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    rows = zip(FRAMES, map(float, values), strict=True)
+    lines = ["frames,return/leader,eval/return"] + [f"{f},{v!r}," for f, v in rows]  # eval/return: empty
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    kl = [[0.0, 0.2], [0.4, 0.0]] if m == 2 else [[0.0]]
+    result = {"frames": BUDGET, "eval/return": float(values[-1]) + 1.0,
+              "diversity/entropy_per_block": [1.0, 2.0][:m], "diversity/pairwise_kl": kl}  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(result))
+    g = torch.Generator().manual_seed(seed)
+    if variant == "sapg":  # a line in 3-D: rank 1, PCA error 0 from one component on
+        states = torch.randn(40, 1, generator=g) * torch.tensor([[1.0, 2.0, 3.0]])
+    else:
+        states = torch.randn(40, 3, generator=g)
+    reservoir = StateReservoir(40)
+    reservoir.update(states)
+    reservoir.save(run_dir / "states.pt")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic") / "toy"
+    for variant in ("sapg", "no_split", "symmetric", "no_off_policy"):
+        for seed in SEEDS:
+            _write_run(folder / variant / f"seed{seed}", variant, seed, _curve(variant, seed))
+    (folder / "disjoint" / "seed0").mkdir(parents=True)  # an unfinished run: no result.json
+    (folder / "disjoint" / "seed0" / "metrics.csv").write_text("frames,return/leader\n100,1.0\n")
+    return folder
+
+
+def test_synthetic_numbers_match_hand_computations(synthetic):
+    with pytest.warns(UserWarning, match=r"disjoint/seed0 unfinished"):
+        study = load_study(synthetic)
+    assert study.variants == ["sapg", "no_split", "symmetric", "no_off_policy"]  # the spec's order
+    assert [p.name for p, _ in study.skipped] == ["seed0"] and not study.mismatches
+    s = summarize(study, reps=200, ae_epochs=2)
+    # asymptotic: the mean over the last 10% of the budget (frames 900 and 1000)
+    assert s.iqm["final"]["sapg"] == (10.0, 10.0, 10.0)
+    assert s.iqm["final"]["no_split"][0] == pytest.approx(9.5)
+    assert s.iqm["final"]["no_off_policy"][0] == pytest.approx(2.0)  # IQM of 0..4: mean of 1, 2, 3
+    assert s.iqm["eval"]["sapg"][0] == pytest.approx(11.0)
+    # sample efficiency: low = 0 (lowest curve), high = 10 (sapg's IQM), threshold 8
+    assert (s.low, s.high, s.threshold, s.best_variant) == (0.0, 10.0, 8.0, "sapg")
+    assert s.per_run["sapg"]["auc"] == pytest.approx([1.0] * 5)
+    assert s.per_run["sapg"]["frames"].tolist() == [0.0] * 5  # reaches it at the first frame
+    assert s.per_run["no_split"]["auc"] == pytest.approx([0.5] * 5)  # a linear climb from low to high
+    assert s.per_run["no_split"]["frames"].tolist() == [800.0] * 5
+    assert s.per_run["symmetric"]["auc"] == pytest.approx([0.0] * 5)
+    assert s.per_run["symmetric"]["frames"].tolist() == [BUDGET] * 5  # never reached: counts as the budget
+    assert not s.per_run["symmetric"]["reached"].any()
+    assert s.iqm["auc"]["no_off_policy"][0] == pytest.approx(0.2)  # constant k/10 for k = 0..4
+    # sapg beats every run of every ablation
+    assert set(s.poi) == {"no_split", "symmetric", "no_off_policy"}
+    assert all(p == (1.0, 1.0, 1.0) for p in s.poi.values())
+    # diversity: sapg's states lie on a line (PCA error 0 from k = 1); KL (0.2 + 0.4) / 2; entropy (1 + 2) / 2
+    assert s.diversity["sapg"]["pca_area"] == pytest.approx(0.0, abs=1e-9)
+    assert s.diversity["symmetric"]["pca_area"] > 0.1
+    assert s.diversity["sapg"]["kl"] == pytest.approx(0.3) and s.diversity["no_split"]["kl"] is None
+    assert s.diversity["sapg"]["entropy"] == pytest.approx(1.5) and s.diversity["no_split"]["entropy"] == 1.0
+    assert s.diversity["sapg"]["states"] == 200 and s.bottlenecks == (1, 2)
+
+
+def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
+    with pytest.warns(UserWarning):
+        study = load_study(synthetic)
+    path = write_report(study, tmp_path / "report", "python recipes/report.py toy", reps=200, ae_epochs=2,
+                        study_command="python recipes/study.py env=toy")  # fmt: skip
+    text = path.read_text()
+    asymptotic = _table_rows(text, "## Asymptotic performance")
+    assert asymptotic["sapg"][:2] == ["5", "10 [10, 10]"] and asymptotic["sapg"][3] == "–"
+    assert asymptotic["no_split"][1] == "9.5 [9.5, 9.5]" and asymptotic["symmetric"][3] == "1 [1, 1]"
+    efficiency = _table_rows(text, "## Sample efficiency")
+    assert efficiency["sapg"] == ["1 [1, 1]", "0 [0, 0]", "5/5"]
+    assert efficiency["no_split"] == ["0.5 [0.5, 0.5]", "800 [800, 800]", "5/5"]
+    assert efficiency["symmetric"] == ["0 [0, 0]", "1000 [1000, 1000]", "0/5"]
+    diversity = _table_rows(text, "## Exploration diversity")
+    assert diversity["no_split"][-1] == "–" and diversity["sapg"][-1] == "0.3"
+    assert "never reach it count as the budget" in text and "disjoint/seed0" in text
+    assert "`sapg` is better than `symmetric`" in text
+    assert re.search(r"clearly worse than `sapg`\* — \*\*holds\*\*", text)
+    assert re.search(r"at large N\* — \*\*holds \(sapg better\)\*\*", text)
+    assert "python recipes/study.py env=toy" in text
+
+
+def test_mismatched_settings_are_reported_not_raised(synthetic, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(synthetic, folder)
+    config = folder / "no_split" / "seed3" / "config.yaml"
+    config.write_text(config.read_text().replace("num_envs: 12", "num_envs: 24"))
+    shutil.rmtree(folder / "symmetric" / "seed4")
+    with pytest.warns(UserWarning):
+        study = load_study(folder)
+    text = "\n".join(study.mismatches)
+    assert "N (`env.num_envs`) differs" in text and "no_split/seed3" in text
+    assert "different seeds" in text and "symmetric: 0, 1, 2, 3" in text
+
+
+def test_report_recipe_rejects_a_bad_folder(tmp_path):
+    folder = tmp_path / "missing"
+    done = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(folder)],
+                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(folder) in lines[0]
+    with pytest.raises(ValueError, match="holds no finished run"):  # a folder without runs: also exit 2
+        load_study(tmp_path)
+
+
+# -------------------------------------------------------------------------------- real tiny sweep
+VARIANTS = ("sapg", "no_split", "symmetric")
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    """A tiny real sweep (3 ablations x 3 seeds) and its report written by recipes/report.py."""
+    sweep_dir = tmp_path_factory.mktemp("study") / "tiny"
+    sweep = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "study.py"), *TINY_OVERRIDES, f"hydra.sweep.dir={sweep_dir}",
+         f"ablation={','.join(VARIANTS)}", "seed=range(3)", "train.record_states=64"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "report.py"), str(sweep_dir), "--reps", "300",
+         "--study-command", "python recipes/study.py tiny"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir, done
+
+
+def test_real_report_header_tables_and_plots(real_report):
+    sweep_dir, done = real_report
+    path = sweep_dir / "report" / "report.md"
+    assert done.stdout.strip().splitlines()[-1] == str(path)
+    text = path.read_text()
+    for needle in ("MountainCarContinuous-v0", "| N (envs) | 12 |", "| M (`sapg`'s blocks) | 6 |",
+                   "| T (horizon) | 4 |", "| frame budget | 480", "sapg: 3 (0, 1, 2)", "| fidelity | code |",
+                   f"python recipes/report.py {sweep_dir} --reps 300", "python recipes/study.py tiny"):  # fmt: skip
+        assert needle in text, needle
+    for heading in TABLES:
+        rows = _table_rows(text, heading)
+        assert set(VARIANTS) <= set(rows), (heading, rows)
+    assert _table_rows(text, "## Exploration diversity")["no_split"][-1] == "–"
+    assert "## Findings" in text and "Paper: *`symmetric` and `no_off_policy`" in text
+    for plot in PLOTS:
+        assert (sweep_dir / "report" / plot).stat().st_size > 1000, plot
+        assert f"]({plot})" in text
+
+
+def test_default_study_command_reruns_the_sweep(real_report):
+    sweep_dir, _ = real_report
+    study = load_study(sweep_dir)
+    from sapg_torchrl.study_report import default_study_command
+
+    command = default_study_command(study)
+    assert command.startswith("python recipes/study.py ") and "ablation=sapg,no_split,symmetric" in command
+    assert "seed=0,1,2" in command and f"hydra.sweep.dir={sweep_dir}" in command and "env.num_envs=12" in command
+    assert not math.isnan(summarize(study, reps=50, diversity=False).high)
