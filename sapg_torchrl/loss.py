@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import contextlib
-
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import dispatch
+from tensordict.nn import CompositeDistribution, dispatch
 from tensordict.utils import NestedKey
+from torch import distributions as d
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import ClipPPOLoss
 
@@ -208,6 +208,13 @@ class SAPGLoss(ClipPPOLoss):
     @out_keys.setter
     def out_keys(self, values):
         self._out_keys = values
+
+    def _get_entropy(self, dist, adv_shape):
+        # ClipPPOLoss checks ``entropy.isfinite().all()`` in Python to fall back to a Monte-Carlo estimate:
+        # a host sync per minibatch. The Gaussian policies here have a finite analytic entropy.
+        if isinstance(dist, (d.Normal, d.Independent)) and not isinstance(dist, CompositeDistribution):
+            return dist.entropy().unsqueeze(-1)
+        return super()._get_entropy(dist, adv_shape)
 
     def _critic_loss_inputs(self, target_return, state_value, old_state_value):
         if self.value_norm is None:
