@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sapg_torchrl.recipe_cli import check_group_choices, exit_on_config_error  # noqa: E402
+from sapg_torchrl.recipe_cli import check_group_choices, check_override_keys, exit_on_config_error  # noqa: E402
 
 CONFIG_DIR = Path(__file__).parent / "config"
+GROUPS = ("ablation", "env", "fidelity")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -49,5 +50,6 @@ main = hydra.main(config_path=str(CONFIG_DIR), config_name="sapg", version_base=
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], CONFIG_DIR, groups=("ablation", "env", "fidelity"))
+    check_group_choices(sys.argv[1:], CONFIG_DIR, groups=GROUPS)
+    check_override_keys(sys.argv[1:], CONFIG_DIR, "sapg", groups=GROUPS)
     main()

@@ -23,12 +23,13 @@ import hydra
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sapg import CONFIG_DIR, run  # noqa: E402
+from sapg import CONFIG_DIR, GROUPS, run  # noqa: E402
 
-from sapg_torchrl.recipe_cli import check_group_choices  # noqa: E402
+from sapg_torchrl.recipe_cli import check_group_choices, check_override_keys  # noqa: E402
 
 main = hydra.main(config_path=str(CONFIG_DIR), config_name="study", version_base="1.3")(run)
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], CONFIG_DIR, groups=("ablation", "env", "fidelity"))
+    check_group_choices(sys.argv[1:], CONFIG_DIR, groups=GROUPS)
+    check_override_keys(sys.argv[1:], CONFIG_DIR, "study", groups=GROUPS)
     main()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["check_group_choices", "exit_on_config_error"]
+__all__ = ["check_group_choices", "check_override_keys", "exit_on_config_error"]
 
 
 def check_group_choices(argv: Sequence[str], config_dir: str | Path, groups: Iterable[str]) -> None:
@@ -27,6 +27,40 @@ def check_group_choices(argv: Sequence[str], config_dir: str | Path, groups: Ite
             if choice not in accepted:
                 print(f"error: unknown {key} {choice!r}; accepted: {', '.join(accepted)}", file=sys.stderr)
                 raise SystemExit(2)
+
+
+def check_override_keys(argv: Sequence[str], config_dir: str | Path, config_name: str, groups: Iterable[str]) -> None:
+    """Exits with status 2 if an override ``key=value`` names no setting of the config.
+
+    Hydra would refuse it too, with a multi-line message; this names the key and the settings accepted at
+    its level on one line. ``+key=`` (adds a key), ``~key`` and ``hydra.*`` overrides are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig, OmegaConf
+
+    groups = set(groups)
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~"))]
+    keys = [a.partition("=")[0] for a in overrides]
+    settings = [k for k in keys if k not in groups and k.split(".")[0] != "hydra"]
+    if not settings:
+        return
+    chosen = [a for a, k in zip(overrides, keys) if k in groups]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name, overrides=chosen)
+    finally:
+        GlobalHydra.instance().clear()
+    for key in settings:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node:
+            continue
+        where = f"under '{parent}'" if parent else "at the top level"
+        accepted = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none (not a section)"
+        print(f"error: unknown setting {key!r}; accepted {where}: {accepted}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ BAD_INPUTS = {
     "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],
     "sapg.num_blocks=0": ["num_blocks=0", ">= 1"],
     "sapg.off_policy_ratio=6": ["off_policy_ratio=6", "[1, 5]"],
+    "sapg.num_block=3": ["'sapg.num_block'", "num_blocks", "off_policy_ratio"],
 }
 
 

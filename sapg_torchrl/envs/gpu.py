@@ -1,0 +1,218 @@
+"""GPU simulators (IsaacGym, Isaac Lab) as SAPG base envs: thin factories over TorchRL's wrappers.
+
+These are the ``env.make`` targets of the ``isaacgym_*`` and ``isaaclab_*`` presets (the paper's tasks).
+**They are untested against the real simulators**: neither simulator can be installed on the machines this
+library is developed on (no GPU, and IsaacGym is not on PyPI). What is tested is the part that is ours:
+the one-line :class:`~sapg_torchrl.ConfigError` when a simulator is missing, and :func:`sapg_view`, the key
+and shape post-processing, against TorchRL's mock batched envs.
+
+Known caveats of the simulators themselves (from their documentation, not checked here):
+
+- one simulator per process: the presets set ``train.eval_interval: 0`` so that no second (evaluation) env
+  is created; the leader's training episodes are the learning curve, as in the paper;
+- IsaacGym wants ``import isaacgym`` before ``import torch``; the recipe imports torch first, so you may need
+  ``python -c "import isaacgym, runpy; runpy.run_path('recipes/sapg.py', run_name='__main__')" env=...``
+  or an ``import isaacgym`` at the top of your own launcher.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Composite
+from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs.transforms import Compose, RenameTransform, Transform
+
+from sapg_torchrl.errors import ConfigError
+
+__all__ = ["isaacgym_env", "isaaclab_env", "sapg_view", "TrailingDoneDim"]
+
+ISAACGYM_INSTALL = (
+    "IsaacGym task {task!r} needs IsaacGym and IsaacGymEnvs (not on PyPI; Linux, NVIDIA GPU, Python 3.6-3.8): "
+    "download Isaac Gym Preview 4 from https://developer.nvidia.com/isaac-gym, `pip install -e isaacgym/python`, "
+    "then `git clone https://github.com/isaac-sim/IsaacGymEnvs && pip install -e IsaacGymEnvs`"
+)
+ISAACLAB_INSTALL = (
+    "Isaac Lab task {task!r} needs Isaac Lab with Isaac Sim (Linux or Windows, NVIDIA GPU, Python 3.10/3.11): "
+    "`pip install 'isaaclab[isaacsim,all]' --extra-index-url https://pypi.nvidia.com` "
+    "(see https://isaac-sim.github.io/IsaacLab for other ways)"
+)
+
+
+def _require(modules: tuple[str, ...], message: str) -> None:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"{message} (missing: {', '.join(missing)})")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{message.split(' needs ')[0]} needs an NVIDIA GPU with CUDA: none found here")
+
+
+class TrailingDoneDim(Transform):
+    """Gives ``done``/``terminated``/``truncated`` a trailing singleton dim (``[N]`` -> ``[N, 1]``).
+
+    TorchRL's IsaacGym wrapper squeezes its done flags to ``[N]``; SAPG's value estimators and losses expect
+    ``[N, 1]``, like the reward. Flags that already have it are left alone. A partial-reset mask
+    (``"_reset"``, ``[N, 1]``) is reshaped back to ``[N]`` on its way into the base env.
+    """
+
+    DONE_KEYS = ("done", "terminated", "truncated")
+
+    def __init__(self, keys=DONE_KEYS):
+        super().__init__(in_keys=list(keys), out_keys=list(keys))
+
+    def _unsqueeze(self, tensordict: TensorDictBase) -> TensorDictBase:
+        for key in self.in_keys:
+            value = tensordict.get(key, None)
+            if value is not None and value.shape == tensordict.batch_size:
+                tensordict.set(key, value.unsqueeze(-1))
+        return tensordict
+
+    def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
+        return self._unsqueeze(next_tensordict)
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        return self._unsqueeze(tensordict_reset)
+
+    def _reset_env_preprocess(self, tensordict: TensorDictBase | None) -> TensorDictBase | None:
+        # the partial-reset mask arrives as [N, 1] (our done spec); the base env expects its own [N]
+        if tensordict is not None and "_reset" in tensordict.keys():
+            reset = tensordict.get("_reset")
+            if reset.shape != tensordict.batch_size:
+                tensordict = tensordict.clone(False).set("_reset", reset.reshape(tensordict.batch_size))
+        return tensordict
+
+    def transform_done_spec(self, done_spec: Composite) -> Composite:
+        for key in self.in_keys:
+            if key in done_spec.keys() and done_spec[key].shape == done_spec.shape:
+                done_spec[key] = done_spec[key].unsqueeze(-1)
+        return done_spec
+
+
+def sapg_view(env: EnvBase, observation_key: str = "observation") -> EnvBase:
+    """What SAPG reads from a batched GPU env: the policy observation as ``"observation"``, reward and done
+    flags as ``[N, 1]``.
+
+    Args:
+        env (EnvBase): a batched TorchRL env (batch size ``[N]``).
+        observation_key (str): the key of the policy observation in ``env`` (``"obs"`` for IsaacGym,
+            ``"policy"`` for Isaac Lab when the wrapper has not already renamed it). Other observation
+            entries (e.g. privileged ``"states"``) are left alone.
+
+    Returns:
+        ``env`` itself if nothing needs changing, else ``env`` in a :class:`~torchrl.envs.TransformedEnv`.
+    """
+    transforms = []
+    observation_keys = set(env.observation_spec.keys())
+    if "observation" not in observation_keys:
+        if observation_key not in observation_keys:
+            raise ConfigError(
+                f"the env has no observation {observation_key!r}; its observations are {sorted(map(str, observation_keys))}"
+            )
+        transforms.append(RenameTransform([observation_key], ["observation"]))
+    flat_done = [k for k in env.full_done_spec.keys() if env.full_done_spec[k].shape == env.batch_size]
+    if flat_done:
+        transforms.append(TrailingDoneDim(flat_done))
+    reward_shape = env.full_reward_spec["reward"].shape
+    if reward_shape == env.batch_size:
+        from torchrl.envs.transforms import UnsqueezeTransform
+
+        transforms.append(UnsqueezeTransform(-1, in_keys=["reward"], out_keys=["reward"]))
+    if not transforms:
+        return env
+    return TransformedEnv(env, Compose(*transforms))
+
+
+def isaacgym_env(
+    num_envs: int,
+    seed: int,
+    task: str,
+    *,
+    device: str = "cuda:0",
+    headless: bool = True,
+    overrides: list[str] | None = None,
+) -> EnvBase:
+    """An IsaacGymEnvs task through TorchRL's :class:`~torchrl.envs.libs.isaacgym.IsaacGymWrapper`. Untested here.
+
+    Args:
+        num_envs (int): number of parallel envs (the simulator's ``num_envs``).
+        seed (int): simulator seed.
+        task (str): IsaacGymEnvs task name, e.g. ``"AllegroHand"``, ``"ShadowHand"``, ``"AllegroKukaLSTM"``.
+
+    Keyword Args:
+        device (str): simulation and RL device of the simulator. Defaults to ``"cuda:0"``.
+        headless (bool): no viewer. Defaults to ``True``.
+        overrides (list of str, optional): extra overrides of IsaacGymEnvs' own Hydra config, e.g.
+            ``["task/env=regrasping"]`` for the AllegroKuka sub-tasks.
+
+    Raises:
+        ConfigError: IsaacGym or IsaacGymEnvs is not installed, or there is no CUDA GPU.
+    """
+    _require(("isaacgym", "isaacgymenvs"), ISAACGYM_INSTALL.format(task=task))
+    from torchrl.envs.libs.isaacgym import IsaacGymEnv, IsaacGymWrapper
+
+    cfg = _isaacgymenvs_cfg(task, num_envs, seed, device, headless, list(overrides or []))
+    envs = IsaacGymEnv._make_envs(
+        task=task, num_envs=num_envs, device=device, seed=seed, headless=headless, virtual_screen_capture=False,
+        cfg=cfg,
+    )  # fmt: skip
+    return sapg_view(IsaacGymWrapper(envs), observation_key="obs")
+
+
+def _isaacgymenvs_cfg(task, num_envs, seed, device, headless, overrides):
+    """IsaacGymEnvs' composed config with ``overrides`` (``None`` without: ``isaacgymenvs.make`` composes it)."""
+    if not overrides:
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    outer = GlobalHydra.instance().hydra  # the recipe's own Hydra: put it back afterwards
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("isaacgymenvs.cfg", version_base="1.1"):
+            return compose(
+                "config",
+                overrides=[f"task={task}", f"num_envs={num_envs}", f"seed={seed}", f"sim_device={device}",
+                           f"rl_device={device}", f"headless={headless}", *overrides],
+            )  # fmt: skip
+    finally:
+        GlobalHydra.instance().clear()
+        GlobalHydra.instance().hydra = outer
+
+
+def isaaclab_env(num_envs: int, seed: int, task: str, *, device: str = "cuda:0", headless: bool = True) -> EnvBase:
+    """An Isaac Lab task through TorchRL's :class:`~torchrl.envs.libs.isaac_lab.IsaacLabWrapper`. Untested here.
+
+    Starts the Isaac Sim app (headless by default) if it is not running, builds the task's registered config
+    with ``num_envs`` and ``seed`` and wraps the env.
+
+    Args:
+        num_envs (int): number of parallel envs.
+        seed (int): simulator seed.
+        task (str): a registered Isaac Lab task id, e.g. ``"Isaac-Repose-Cube-Allegro-Direct-v0"``.
+
+    Keyword Args:
+        device (str): simulation device. Defaults to ``"cuda:0"``.
+        headless (bool): no viewer. Defaults to ``True``.
+
+    Raises:
+        ConfigError: Isaac Lab is not installed, or there is no CUDA GPU.
+    """
+    _require(("isaaclab", "isaaclab_tasks"), ISAACLAB_INSTALL.format(task=task))
+    from isaaclab.app import AppLauncher
+
+    global _ISAAC_APP
+    if _ISAAC_APP is None:
+        _ISAAC_APP = AppLauncher(headless=headless, device=device)  # must exist before isaaclab_tasks is imported
+    import gymnasium as gym
+    import isaaclab_tasks  # noqa: F401  (registers the tasks)
+    from isaaclab_tasks.utils import parse_env_cfg
+    from torchrl.envs.libs.isaac_lab import IsaacLabWrapper
+
+    cfg = parse_env_cfg(task, device=device, num_envs=num_envs)
+    cfg.seed = seed
+    return sapg_view(IsaacLabWrapper(gym.make(task, cfg=cfg), device=torch.device(device)), observation_key="policy")
+
+
+_ISAAC_APP = None
