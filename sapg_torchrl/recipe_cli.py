@@ -45,7 +45,8 @@ def check_override_keys(argv: Sequence[str], config_dir: str | Path, config_name
     settings = [k for k in keys if k not in groups and k.split(".")[0] != "hydra"]
     if not settings:
         return
-    chosen = [a for a, k in zip(overrides, keys) if k in groups]
+    # the first choice of each group (a sweep lists several): any one of them has the same settings
+    chosen = [a.split(",")[0] for a, k in zip(overrides, keys) if k in groups]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):

@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import Composite
 from torchrl.envs import EnvBase, TransformedEnv
-from torchrl.envs.transforms import Compose, RenameTransform, Transform
+from torchrl.envs.transforms import Compose, RenameTransform, Transform, UnsqueezeTransform
 
 from sapg_torchrl.errors import ConfigError
 
@@ -107,17 +107,14 @@ def sapg_view(env: EnvBase, observation_key: str = "observation") -> EnvBase:
     observation_keys = set(env.observation_spec.keys())
     if "observation" not in observation_keys:
         if observation_key not in observation_keys:
-            raise ConfigError(
-                f"the env has no observation {observation_key!r}; its observations are {sorted(map(str, observation_keys))}"
-            )
+            found = sorted(map(str, observation_keys))
+            raise ConfigError(f"the env has no observation {observation_key!r}; its observations are {found}")
         transforms.append(RenameTransform([observation_key], ["observation"]))
     flat_done = [k for k in env.full_done_spec.keys() if env.full_done_spec[k].shape == env.batch_size]
     if flat_done:
         transforms.append(TrailingDoneDim(flat_done))
     reward_shape = env.full_reward_spec["reward"].shape
     if reward_shape == env.batch_size:
-        from torchrl.envs.transforms import UnsqueezeTransform
-
         transforms.append(UnsqueezeTransform(-1, in_keys=["reward"], out_keys=["reward"]))
     if not transforms:
         return env
@@ -164,6 +161,7 @@ def _isaacgymenvs_cfg(task, num_envs, seed, device, headless, overrides):
     """IsaacGymEnvs' composed config with ``overrides`` (``None`` without: ``isaacgymenvs.make`` composes it)."""
     if not overrides:
         return None
+    import isaacgymenvs  # noqa: F401  (registers the OmegaConf resolvers its config uses)
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
