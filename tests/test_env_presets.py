@@ -1,0 +1,190 @@
+"""Env presets (``recipes/config/env``): every CPU preset builds, steps with block ids and trains; every GPU
+preset stops with one line saying what to install; the GPU factories' post-processing works on TorchRL mocks."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.testing.mocking_classes import MockBatchedLockedEnv
+
+from sapg_torchrl import BlockLayout, ConfigError
+from sapg_torchrl.config import build_trainer, train
+from sapg_torchrl.envs.factory import make_sapg_env
+from sapg_torchrl.envs.gpu import sapg_view
+
+CPU_PRESETS = {  # preset: (envpool task, observation dim, action dim)
+    "halfcheetah": ("HalfCheetah-v4", 17, 6),
+    "ant": ("Ant-v4", 27, 8),
+    "humanoid": ("Humanoid-v4", 376, 17),
+    "adroit_pen": ("AdroitHandPen-v1", 45, 24),
+}
+GPU_PRESETS = {  # preset: (what the error must name, T, epochs, lr, clip, hidden, entropy scale)
+    "isaacgym_allegrohand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 256, 128], 0.0),
+    "isaacgym_shadowhand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 512, 256, 128], 0.005),
+    "isaacgym_allegrokuka_regrasping": ("IsaacGym", 16, 2, 1e-4, 0.1, [768, 512, 256], 0.0),
+    "isaacgym_allegrokuka_throw": ("IsaacGym", 16, 2, 1e-4, 0.1, [768, 512, 256], 0.0),
+    "isaacgym_allegrokuka_reorientation": ("IsaacGym", 16, 2, 1e-4, 0.1, [768, 512, 256], 0.005),
+    "isaaclab_allegro_repose": ("Isaac Lab", 8, 5, 5e-4, 0.2, [512, 256, 128], 0.0),
+}
+
+# 12 envs (6 blocks of 2), T = 4, 2 iterations
+TINY = (
+    "device=cpu", "logger.wandb=false", "train.progress=false", "train.eval_interval=0", "env.num_envs=12",
+    "ppo.horizon=4", "ppo.epochs=2", "total_frames=96", "network.hidden=[16]",
+)  # fmt: skip
+
+
+def test_every_preset_is_covered(repo_root):
+    files = {p.stem for p in (repo_root / "recipes" / "config" / "env").glob("*.yaml")}
+    assert files == {"mountaincar", *CPU_PRESETS, *GPU_PRESETS}
+
+
+@pytest.mark.parametrize("preset", sorted(CPU_PRESETS))
+def test_cpu_preset_settings(compose_cfg, preset):
+    """N a multiple of M = 6, the task's own episode length for evaluation, an ELU MLP."""
+    cfg = compose_cfg(f"env={preset}")
+    assert cfg.env.make.env_name == CPU_PRESETS[preset][0]
+    assert cfg.sapg.num_blocks == 6 and cfg.env.num_envs % 6 == 0
+    assert cfg.env.eval_steps == (200 if preset == "adroit_pen" else 1000)
+    assert cfg.network.activation == "elu" and cfg.total_frames > 0
+
+
+@pytest.mark.parametrize("preset", sorted(CPU_PRESETS))
+def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
+    """One collector batch: [N, T] with float32 observations of the task's size and every env's block id."""
+    _, obs_dim, action_dim = CPU_PRESETS[preset]
+    trainer = build_trainer(compose_cfg(f"env={preset}", *TINY), tmp_path)
+    try:
+        data = next(iter(trainer.collector))
+    finally:
+        trainer.collector.shutdown()
+        trainer.env.close()
+    assert data.batch_size == (12, 4)
+    assert data["observation"].shape == (12, 4, obs_dim) and data["observation"].dtype == torch.float32
+    assert data["action"].shape == (12, 4, action_dim)
+    assert data["next", "reward"].shape == (12, 4, 1) and data["next", "done"].shape == (12, 4, 1)
+    assert (data["block_id"] == BlockLayout(12, 6).block_ids()[:, None]).all()
+    assert torch.isfinite(data["next", "reward"]).all()
+
+
+@pytest.mark.parametrize("preset", sorted(CPU_PRESETS))
+def test_cpu_preset_trains(compose_cfg, tmp_path, preset):
+    """Two iterations through the same entry point as the recipe."""
+    result = train(compose_cfg(f"env={preset}", *TINY), tmp_path / "run", name=preset)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and int(float(rows[-1]["frames"])) == 96
+    assert all(math.isfinite(float(v)) for k, v in result.items() if isinstance(v, float) and "loss" in k)
+
+
+@pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
+def test_gpu_preset_published_settings(compose_cfg, preset):
+    """The paper's hyperparameters: 24576 envs in 6 blocks, minibatch 4 * N, reward scale 0.01, per-task rest."""
+    _, horizon, epochs, lr, clip, hidden, entropy = GPU_PRESETS[preset]
+    cfg = compose_cfg(f"env={preset}")
+    assert cfg.env.num_envs == 24576 and cfg.sapg.num_blocks == 6 and cfg.ppo.minibatch_size is None
+    assert cfg.env.reward_scale == 0.01 and cfg.env.make.device == "cuda:0"
+    assert (cfg.ppo.horizon, cfg.ppo.epochs, cfg.ppo.lr, cfg.ppo.clip_epsilon) == (horizon, epochs, lr, clip)
+    assert list(cfg.network.hidden) == hidden and cfg.network.activation == "elu"
+    assert cfg.sapg.entropy_scale == entropy
+    assert cfg.train.eval_interval == 0  # one simulator per process
+
+
+@pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
+def test_gpu_preset_without_simulator_says_what_to_install(repo_root, tmp_path, preset):
+    """``python recipes/sapg.py env=<preset>`` without the simulator: exit 2, one line, no traceback."""
+    needs = GPU_PRESETS[preset][0]
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "recipes" / "sapg.py"), f"env={preset}", f"hydra.run.dir={tmp_path}",
+         "logger.wandb=false"],
+        cwd=repo_root, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and f"needs {needs}" in last and "install" in last, last
+
+
+def test_gpu_factories_raise_config_error_without_simulator():
+    from sapg_torchrl.envs.gpu import isaacgym_env, isaaclab_env
+
+    with pytest.raises(ConfigError, match="needs IsaacGym"):
+        isaacgym_env(12, 0, "AllegroHand")
+    with pytest.raises(ConfigError, match="needs Isaac Lab"):
+        isaaclab_env(12, 0, "Isaac-Repose-Cube-Allegro-Direct-v0")
+
+
+# --------------------------------------------------------------------- post-processing on TorchRL mocks
+class IsaacGymLikeEnv(MockBatchedLockedEnv):
+    """TorchRL's batched mock, shaped like TorchRL's IsaacGym wrapper output: the observation under ``"obs"``,
+    done flags and reward ``[N]``. Env 0 finishes every 3rd step; the partial-reset masks it gets are kept."""
+
+    def __init__(self, batch_size, **specs):
+        super().__init__(batch_size=batch_size)
+        self.reset_masks = []
+
+    def _out(self, obs, done):
+        return TensorDict({"obs": obs, "done": done, "terminated": done.clone()}, self.batch_size)
+
+    def _reset(self, tensordict=None, **kwargs):
+        if tensordict is not None and "_reset" in tensordict.keys():
+            self.reset_masks.append(tensordict["_reset"].clone())
+        self.counter = 0
+        return self._out(torch.zeros(*self.batch_size, 1), torch.zeros(self.batch_size, dtype=torch.bool))
+
+    def _step(self, tensordict):
+        self.counter += 1
+        done = torch.zeros(self.batch_size, dtype=torch.bool)
+        done[0] = self.counter % 3 == 0
+        out = self._out(tensordict["action"].clone(), done)
+        return out.set("reward", torch.full(self.batch_size, float(self.counter)))
+
+
+def isaacgym_like(n=12):
+    b = torch.Size([n])
+    flag = Categorical(2, dtype=torch.bool, shape=b)
+    return IsaacGymLikeEnv(
+        batch_size=b,
+        observation_spec=Composite(obs=Unbounded((n, 1)), shape=b),
+        action_spec=Bounded(-1, 1, (n, 1)),
+        state_spec=Composite(shape=b),
+        reward_spec=Composite(reward=Unbounded(b), shape=b),
+        done_spec=Composite(done=flag, terminated=flag.clone(), shape=b),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Nested TransformedEnvs")
+def test_sapg_view_renames_and_reshapes():
+    """"obs" -> "observation"; reward and done [N] -> [N, 1]; the SAPG env on top rolls out with block ids."""
+    from torchrl.envs.utils import check_env_specs
+
+    base = isaacgym_like()
+    view = sapg_view(base, observation_key="obs")
+    assert set(view.observation_spec.keys()) == {"observation"}
+    assert view.full_done_spec["done"].shape == (12, 1) and view.full_done_spec["terminated"].shape == (12, 1)
+    assert view.full_reward_spec["reward"].shape == (12, 1)
+    env = make_sapg_env(view, BlockLayout(12, 6).block_ids())
+    check_env_specs(env)
+    rollout = env.rollout(7, break_when_any_done=False)
+    assert rollout["next", "observation"].shape == (12, 7, 1) and rollout["next", "reward"].shape == (12, 7, 1)
+    assert rollout["next", "done"].shape == (12, 7, 1) and rollout.device == torch.device("cpu")
+    assert rollout["next", "done"][0, :, 0].tolist() == [False, False, True, False, False, True, False]
+    assert (rollout["block_id"] == BlockLayout(12, 6).block_ids()[:, None]).all()
+    # the partial-reset mask reaches the simulator in its own [N] shape, for env 0 only
+    assert base.reset_masks and all(m.shape == (12,) and m.tolist() == [True] + [False] * 11 for m in base.reset_masks)
+
+
+def test_sapg_view_leaves_a_sapg_shaped_env_alone():
+    env = MockBatchedLockedEnv(batch_size=torch.Size([6]))
+    assert sapg_view(env) is env
+
+
+def test_sapg_view_names_a_missing_observation():
+    with pytest.raises(ConfigError, match="no observation 'policy'.*'obs'"):
+        sapg_view(isaacgym_like(), observation_key="policy")
