@@ -1,4 +1,8 @@
-"""Per-iteration metric sinks: one CSV row per iteration, and wandb through TorchRL's logger."""
+"""Per-iteration metric sinks: one CSV row per iteration, and wandb through TorchRL's logger.
+
+TorchRL's own ``CSVLogger`` writes one file per scalar; the study reads whole iterations, so
+:class:`CSVSink` writes one table with a row per iteration instead.
+"""
 
 from __future__ import annotations
 
