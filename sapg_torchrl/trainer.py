@@ -283,11 +283,15 @@ class SAPGTrainer:
     # ------------------------------------------------------------------------------------------ metrics
     def _iteration_metrics(self, losses: TensorDictBase) -> dict[str, float]:
         M, B, L = self.layout.num_blocks, self.layout.block_size, self.layout.leader
-        per_block_return = self.last_return.view(M, B).nanmean(-1)
+        # a block's return is the mean of its envs' last completed episodes, reported once every env of the
+        # block has completed one (before that, only envs with short, e.g. successful, episodes would count)
+        last = self.last_return.view(M, B)
+        nan = torch.full_like(last[:, 0], float("nan"))
+        per_block_return = torch.where(last.isfinite().all(-1), last.mean(-1), nan)
         summary = TensorDict(
             {
                 "return/leader": per_block_return[L],
-                "return/all": self.last_return.nanmean(),
+                "return/all": torch.where(last.isfinite().all(), last.mean(), nan[0]),
                 "return/per_block": per_block_return,
                 "episodes/leader": self.episodes.view(M, B)[L].sum(),
                 "episodes/all": self.episodes.sum(),

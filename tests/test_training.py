@@ -113,3 +113,26 @@ def test_sapg_learns_pendulum(compose_cfg, tmp_path):
     evaluations = [r["eval/return"] for r in rows if math.isfinite(r["eval/return"])]
     assert len(evaluations) == 2  # the first and the last iteration
     assert evaluations[-1] > evaluations[0] + 500 and evaluations[-1] > -600, evaluations
+
+
+def test_block_return_waits_for_every_env_of_the_block(tiny_cfg):
+    """return/per_block is NaN until every env of the block has completed an episode, then their mean."""
+    import math
+
+    import torch
+    from tensordict import TensorDict
+
+    from sapg_torchrl.config import build_trainer
+
+    trainer = build_trainer(tiny_cfg())
+    trainer.collector.shutdown()
+    B = trainer.layout.block_size
+    trainer.last_return[:B] = torch.arange(B, dtype=torch.float32) + 1  # block 0: every env finished one
+    trainer.last_return[B] = 100.0  # block 1: one env finished, the others not yet
+    metrics = trainer._iteration_metrics(TensorDict({}, []))
+    assert metrics["return/per_block/0"] == pytest.approx((B + 1) / 2)
+    assert math.isnan(metrics["return/per_block/1"])
+    assert math.isnan(metrics["return/all"]) and math.isnan(metrics["return/leader"])
+    trainer.last_return[:] = 2.0
+    metrics = trainer._iteration_metrics(TensorDict({}, []))
+    assert metrics["return/all"] == metrics["return/leader"] == 2.0
