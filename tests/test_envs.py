@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tensordict import TensorDict
 from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
