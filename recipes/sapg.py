@@ -22,10 +22,16 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sapg_torchrl.recipe_cli import check_group_choices, check_override_keys, exit_on_config_error  # noqa: E402
+from sapg_torchrl.recipe_cli import (  # noqa: E402
+    check_group_choices,
+    check_override_keys,
+    exit_on_config_error,
+    register_resolvers,
+)
 
 CONFIG_DIR = Path(__file__).parent / "config"
 GROUPS = ("ablation", "env", "fidelity")
+register_resolvers()
 
 
 def run(cfg: DictConfig) -> dict:

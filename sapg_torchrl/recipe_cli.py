@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["check_group_choices", "check_override_keys", "exit_on_config_error"]
+__all__ = ["check_group_choices", "check_override_keys", "exit_on_config_error", "register_resolvers"]
 
 
 def check_group_choices(argv: Sequence[str], config_dir: str | Path, groups: Iterable[str]) -> None:
@@ -72,3 +72,24 @@ def exit_on_config_error():
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _env_preset(*, _root_) -> str:
+    # the sweeper and the launchers resolve the sweep folder from the whole config before any job's
+    # HydraConfig is set (Hydra's own ``${hydra:...}`` resolver fails there); a job's config has no
+    # ``hydra`` node, but its HydraConfig is set
+    if "hydra" in _root_:
+        return _root_.hydra.runtime.choices.env
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.env
+
+
+def register_resolvers() -> None:
+    """Registers ``${sapg_env_preset:}``, the chosen env preset's name, for the recipes' configs (the study's
+    default name). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
+    folder of a multirun."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sapg_env_preset"):
+        OmegaConf.register_new_resolver("sapg_env_preset", _env_preset)

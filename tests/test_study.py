@@ -78,3 +78,15 @@ def test_a_crashed_run_loses_nothing_of_the_others(tmp_path):
     assert sorted(p.relative_to(sweep_dir).parent.as_posix() for p in sweep_dir.glob("*/seed*/result.json")) == [
         "no_split/seed0", "no_split/seed1",
     ]  # fmt: skip
+
+
+def test_default_study_folder_is_named_after_the_env_preset(tmp_path):
+    """The README's command, with no folder given: runs land in runs/study/<env preset>/<ablation>/seed<k>/."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "study.py"), *TINY_OVERRIDES, "ablation=sapg", "seed=0"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "study" / "mountaincar" / "sapg" / "seed0"
+    assert (run / "result.json").exists()
+    assert OmegaConf.load(run / "config.yaml").study.name == "mountaincar"
