@@ -83,6 +83,19 @@ def test_disjoint_copies_are_independent_networks():
     assert values.unique().numel() == M
 
 
+def test_blockwise_rows_get_their_own_copy_in_any_order():
+    """Blockwise: each row, wherever it sits and whatever the other rows' blocks, equals its block's copy."""
+    torch.manual_seed(0)
+    blockwise = Blockwise(lambda: nn.Sequential(nn.Linear(3, 8), nn.ELU(), nn.Linear(8, 2)), num_blocks=3)
+    x, ids = torch.randn(2, 7, 3), torch.tensor([[2, 0, 2, 1, 0, 0, 2], [1, 1, 1, 1, 1, 1, 1]])
+    out = blockwise(x, block_id=ids)
+    assert out.shape == (2, 7, 2)
+    for index in torch.cartesian_prod(torch.arange(2), torch.arange(7)):
+        i, t = index.tolist()
+        alone = blockwise(x[i, t][None], block_id=ids[i, t][None])
+        torch.testing.assert_close(out[i, t], alone[0])
+
+
 def test_separate_trunks_are_disjoint_but_share_phi():
     """shared_trunk=False: actor and critic trunks share no parameter, both read the same phi."""
     torch.manual_seed(0)
