@@ -11,6 +11,14 @@ architectures:
 - ``disjoint=True`` (ablation): ``M`` independent networks (no phi), evaluated in one vmapped call.
 
 In every case each block has its own learned log-std vector.
+
+With ``lstm_size`` the network starts with a TorchRL :class:`~torchrl.modules.LSTMModule` on the (normalised)
+observation, and phi is concatenated to the LSTM's output, not its input (the paper's AllegroKuka network:
+an LSTM of 768 before the MLP). The hidden state is thus a function of the observation history only, the same
+under every block's conditioning: the hidden states a follower stored during the rollout are exactly the
+leader's on the same history, so relabelled rows need no approximation (the released code feeds phi into
+the LSTM and evaluates the leader on the follower's stored states, which were computed under the follower's
+phi).
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from collections.abc import Sequence
 
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor
 from torchrl.modules.value_norm import ValueNorm
 
+from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, mlp
 
 __all__ = ["make_actor_critic"]
@@ -60,6 +69,7 @@ def make_actor_critic(
     disjoint: bool = False,
     activation: str = "elu",
     max_log_std: float | None = None,
+    lstm_size: int | None = None,
     value_norm: ValueNorm | None = None,
     observation_norm: ValueNorm | None = None,
     observation_key="observation",
@@ -81,6 +91,11 @@ def make_actor_critic(
         activation (str): hidden activation. Defaults to ``"elu"``.
         max_log_std (float, optional): cap of every block's log-std (see :class:`~sapg_torchrl.nn.BlockLogStd`).
             Defaults to ``None`` (none, as in the released code).
+        lstm_size (int, optional): hidden size of an LSTM before the trunk's MLP (``None``: feedforward).
+            With ``shared_trunk=False`` the actor and critic MLPs read the same LSTM (the rollout runs the
+            actor only: a critic-only LSTM would have no stored hidden states). Its hidden state is stored
+            under ``recurrent_state_h`` / ``recurrent_state_c`` and reset where ``is_init`` is set: the env
+            needs :func:`~sapg_torchrl.envs.track_recurrent_states`. Not with ``disjoint``.
         value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
             critic denormalises them with these statistics (pass the same object to
             :class:`~sapg_torchrl.SAPGLoss`).
@@ -91,7 +106,7 @@ def make_actor_critic(
 
     Returns:
         ``(actor, critic)``: the actor writes ``loc``, ``scale``, ``action`` and the action's
-        log-prob; the critic writes ``state_value``.
+        log-prob (and, recurrent, the next hidden state); the critic writes ``state_value``.
 
     Examples:
         >>> import torch
@@ -103,11 +118,17 @@ def make_actor_critic(
     """
     hidden = tuple(hidden)
     width = hidden[-1]
+    if lstm_size is not None and disjoint:
+        raise ConfigError(
+            f"lstm_size={lstm_size} is not accepted with disjoint=True: the disjoint ablation has no recurrent "
+            "variant (use lstm_size=null)"
+        )
+    trunk_input_dim = observation_dim if lstm_size is None else lstm_size
 
     def trunk() -> nn.Module:
         if disjoint:
             return _PerBlock(Blockwise(lambda: mlp(observation_dim, hidden, activation), num_blocks))
-        return ConditionedMLP(observation_dim, hidden, phi, activation)
+        return ConditionedMLP(trunk_input_dim, hidden, phi, activation)
 
     def head(out_features: int) -> nn.Module:
         if disjoint:
@@ -115,24 +136,38 @@ def make_actor_critic(
         return _Unconditioned(nn.Linear(width, out_features))
 
     phi = None if disjoint else nn.Embedding(num_blocks, phi_dim)  # N(0, 1) init, as in the code
-    prefix = []
+    normalise = []
     if observation_norm is not None:
-        prefix = [TensorDictModule(Standardize(observation_norm), in_keys=[observation_key], out_keys=["observation_std"])]
+        normalise = [TensorDictModule(Standardize(observation_norm), in_keys=[observation_key], out_keys=["observation_std"])]
         observation_key = "observation_std"
+
+    memory = []
+    if lstm_size is not None:  # one LSTM for actor and critic: the rollout runs the actor only, so a critic-only
+        # LSTM would have no stored hidden states
+        memory = [
+            LSTMModule(
+                input_size=observation_dim, hidden_size=lstm_size, out_keys=["memory", *LSTMModule.DEFAULT_OUT_KEYS],
+                in_keys=[observation_key, *LSTMModule.DEFAULT_IN_KEYS],
+            )
+        ]  # fmt: skip
+        observation_key = "memory"
     ins = [observation_key, block_id_key]
-    actor_trunk = TensorDictSequential(*prefix, TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"]))
+    actor_trunk = TensorDictSequential(*normalise, *memory, TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"]))
     if shared_trunk:  # computed once per loss evaluation, see ReuseIfPresent
         actor_trunk = critic_trunk = ReuseIfPresent(actor_trunk)
     else:
-        critic_trunk = TensorDictSequential(*prefix, TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"]))
+        critic_trunk = TensorDictSequential(
+            *normalise, *memory, TensorDictModule(trunk(), in_keys=ins, out_keys=["critic_hidden"])
+        )
     critic_hidden = critic_trunk.out_keys[-1]
 
     loc = TensorDictModule(head(action_dim), in_keys=["actor_hidden", block_id_key], out_keys=["loc"])
     log_std = TensorDictModule(
         BlockLogStd(num_blocks, action_dim, max_log_std=max_log_std), in_keys=["loc", block_id_key], out_keys=["loc", "scale"]
     )
-    actor = ProbabilisticActor(
-        TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale"]),
+    next_state = [key for key in actor_trunk.out_keys if isinstance(key, tuple) and key[0] == "next"]
+    actor = ProbabilisticActor(  # the rollout carries the next hidden state from step to step
+        TensorDictSequential(actor_trunk, loc, log_std, selected_out_keys=["loc", "scale", *next_state]),
         in_keys=["loc", "scale"],
         out_keys=["action"],
         distribution_class=IndependentNormal,

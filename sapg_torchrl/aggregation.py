@@ -19,10 +19,12 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
+from torchrl.modules import set_recurrent_mode
 from torchrl.objectives.value import TD0Estimator
 
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.targets import rollout_state_values
 
 __all__ = ["AGGREGATIONS", "Aggregator"]
 
@@ -146,12 +148,15 @@ class Aggregator:
         ids = target.to(data.device).repeat_interleave(B)[:, None].expand(-1, T)
         rows.set("block_id", ids)
         rows.set(("next", "block_id"), ids)
-        self.critic(rows)  # V_target(s_t): also the "old value" of the clipped value loss
-        self.critic(rows.get("next"))  # V_target(s_{t+1})
+        # V_target(s_t) (also the "old value" of the clipped value loss) and V_target(s_{t+1}); a recurrent
+        # critic starts from the stored hidden states, which do not depend on the block (see make_actor_critic)
+        rollout_state_values(self.critic, rows)
         self.td0(rows)
         rows.set("relabelled", torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
         if self.actor is not None:
-            target_log_prob = self.actor.get_dist(rows).log_prob(rows.get("action"))
+            with set_recurrent_mode(True):
+                dist = self.actor.get_dist(rows.select(*self.actor.in_keys, strict=False))
+            target_log_prob = dist.log_prob(rows.get("action"))
             if not self.importance_correction:
                 rows.set(self.log_prob_key, target_log_prob)
             if self.clip_mode == "paper":

@@ -15,7 +15,7 @@ from torchrl.objectives import ValueEstimators
 from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
-from sapg_torchrl.envs.factory import make_sapg_env
+from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.logging import CSVSink, WandbSink
 from sapg_torchrl.loss import SAPGLoss
@@ -64,10 +64,12 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         disjoint=net.disjoint,
         activation=net.activation,
         max_log_std=net.max_log_std,
+        lstm_size=net.lstm_size,
         value_norm=value_norm,
         observation_norm=observation_norm,
     )
     actor.to(device), critic.to(device)
+    track_recurrent_states(env, actor)
     coefficients = None if s.entropy_coefficients is None else list(s.entropy_coefficients)
     loss = SAPGLoss(
         actor,
@@ -100,6 +102,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
             torch.full((e.eval_envs,), layout.leader),
             reward_scale=e.reward_scale,
         )
+        track_recurrent_states(eval_env, actor)
     return SAPGTrainer(
         env=env, actor=actor, critic=critic, loss=loss, layout=layout, aggregator=aggregator,
         total_frames=cfg.total_frames, horizon=ppo.horizon, gamma=ppo.gamma, lmbda=ppo.lmbda, epochs=ppo.epochs,

@@ -1,10 +1,40 @@
-"""Value targets and advantages beyond TorchRL's estimators: n-step returns and block-wise standardisation."""
+"""Value targets and advantages beyond TorchRL's estimators: the rollout's state values (recurrent critics
+included), n-step returns and block-wise standardisation."""
 
 from __future__ import annotations
 
 import torch
+from tensordict import TensorDictBase
+from torchrl.modules import set_recurrent_mode
 
-__all__ = ["n_step_return", "standardize_advantage"]
+__all__ = ["n_step_return", "rollout_state_values", "standardize_advantage"]
+
+
+@torch.no_grad()
+def rollout_state_values(critic, data: TensorDictBase, value_key="state_value") -> TensorDictBase:
+    """Writes ``V(s_t)`` into ``data`` and ``V(s_{t+1})`` into ``data["next"]``, for a ``[N, T]`` rollout.
+
+    A feedforward critic is simply called on both. A recurrent one (a TorchRL ``LSTMModule`` inside) gets
+    ``V(s_t)`` over each env's sequence, from its hidden state stored at ``t = 0`` and reset where
+    ``is_init`` is set, as the loss will evaluate it, and ``V(s_{t+1})`` one step on from the hidden state
+    stored after step ``t``. The critic reads copies: TorchRL's recurrent mode writes placeholders over the
+    stored next hidden states.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> critic = TensorDictModule(torch.nn.Linear(2, 1), in_keys=["observation"], out_keys=["state_value"])
+        >>> data = TensorDict(observation=torch.randn(3, 4, 2), next=TensorDict(observation=torch.randn(3, 4, 2),
+        ...     batch_size=[3, 4]), batch_size=[3, 4])
+        >>> rollout_state_values(critic, data)["next", "state_value"].shape
+        torch.Size([3, 4, 1])
+    """
+    following = data.get("next")
+    with set_recurrent_mode(False):
+        following.set(value_key, critic(following.select(*critic.in_keys, strict=False)).get(value_key))
+    with set_recurrent_mode(True):
+        data.set(value_key, critic(data.select(*critic.in_keys, strict=False)).get(value_key))
+    return data
 
 
 def n_step_return(

@@ -20,6 +20,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import KLAdaptiveLR
 from torchrl.objectives.value import GAE
@@ -28,7 +29,7 @@ from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
-from sapg_torchrl.targets import n_step_return, standardize_advantage
+from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
 
 __all__ = ["SAPGTrainer", "CRITIC_TARGETS", "ADVANTAGE_NORMS"]
 
@@ -178,6 +179,9 @@ class SAPGTrainer:
         )
         if loss.clip_mode == "paper":
             self._batch_keys.append(keys.log_clip_center)
+        # a recurrent policy learns from whole [T]-step sequences (minibatches of env sequences, the hidden
+        # state recomputed from the one stored at their start); a feedforward one from shuffled rows
+        self.recurrent = any(isinstance(m, (LSTMModule, GRUModule)) for m in (*actor.modules(), *critic.modules()))
         self.iteration = 0
         self.frames = 0
         # last completed episode return of every env (NaN until its first episode ends)
@@ -187,10 +191,11 @@ class SAPGTrainer:
     # ------------------------------------------------------------------------------------------- data
     @torch.no_grad()
     def make_batch(self, data: TensorDictBase) -> TensorDictBase:
-        """Targets, relabelled rows and standardised advantages: the flat batch the epochs run over."""
+        """Targets, relabelled rows and standardised advantages: the batch the epochs run over, flat rows
+        (``[(N + relabelled) * T]``), or sequences (``[N + relabelled, T]``) for a recurrent policy."""
         keys = self.loss.tensor_keys
-        self.critic(data)  # V(s_t) of every env under its own block
-        self.critic(data.get("next"))  # V(s_{t+1}), the true final state where an episode ended
+        # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
+        rollout_state_values(self.critic, data, keys.value)
         self.gae(data)
         if self.critic_target == "n_step":
             data.set(
@@ -211,7 +216,9 @@ class SAPGTrainer:
         relabelled = None if self.aggregator is None else self.aggregator(data)
         if relabelled is not None:
             parts.append(relabelled.select(*self._batch_keys))
-        batch = torch.cat(parts, 0).reshape(-1)
+        batch = torch.cat(parts, 0)
+        if not self.recurrent:
+            batch = batch.reshape(-1)
         if self.advantage_norm != "none":
             per_block = self.advantage_norm == "per_block"
             batch.set(
@@ -258,13 +265,17 @@ class SAPGTrainer:
                 self.observation_norm.update(data.get("observation"))
         return losses
 
+    @set_recurrent_mode(True)
     def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """``epochs`` passes of shuffled minibatches; returns the mean of the loss outputs."""
+        """``epochs`` passes of shuffled minibatches (of rows, or of sequences for a recurrent policy, of about
+        ``minibatch_size`` rows each); returns the mean of the loss outputs."""
         outputs = []
+        units = batch.shape[0]
+        per_minibatch = max(1, self.minibatch_size * units // batch.numel())
         for _ in range(self.epochs):
             epoch_out = []
-            perm = torch.randperm(batch.numel(), device=self.device, generator=self.generator)
-            for index in perm.split(self.minibatch_size):
+            perm = torch.randperm(units, device=self.device, generator=self.generator)
+            for index in perm.split(per_minibatch):
                 out = self.loss(batch[index])
                 total = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,8 @@ VARIANTS = {
     "disjoint": ["ablation=disjoint"],
     "paper": ["fidelity=paper"],
     "paper_no_is_correction": ["fidelity=paper", "ablation=no_is_correction", "sapg.advantage_norm=per_block"],
+    "lstm": ["network.lstm_size=8", "train.record_states=50"],
+    "lstm_paper": ["network.lstm_size=8", "fidelity=paper", "ablation=no_is_correction"],
 }
 WITH_RELABELLED = set(VARIANTS) - {"no_split", "no_off_policy"}
 

@@ -2,6 +2,6 @@
 
 from sapg_torchrl.envs.block_id import BlockIdTransform
 from sapg_torchrl.envs.envpool import EnvpoolEnv
-from sapg_torchrl.envs.factory import make_sapg_env
+from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 
-__all__ = ["BlockIdTransform", "EnvpoolEnv", "make_sapg_env"]
+__all__ = ["BlockIdTransform", "EnvpoolEnv", "make_sapg_env", "track_recurrent_states"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 from torchrl.envs import EnvBase, TransformedEnv
 from tensordict import TensorDictBase
-from torchrl.envs.transforms import Compose, DoubleToFloat, RewardScaling, RewardSum, Transform
+from torchrl.envs.transforms import Compose, DoubleToFloat, InitTracker, RewardScaling, RewardSum, Transform
+from torchrl.modules.utils import get_primers_from_module
 
 from sapg_torchrl.envs.block_id import BlockIdTransform
 
-__all__ = ["make_sapg_env", "ClampAction"]
+__all__ = ["make_sapg_env", "ClampAction", "track_recurrent_states"]
 
 
 class ClampAction(Transform):
@@ -83,3 +84,25 @@ def make_sapg_env(
         transforms.append(RewardScaling(loc=0.0, scale=reward_scale))
     transforms.append(BlockIdTransform(block_ids))
     return TransformedEnv(base_env, Compose(*transforms))
+
+
+def track_recurrent_states(env: TransformedEnv, policy) -> TransformedEnv:
+    """Adds what a recurrent ``policy`` needs from the env: TorchRL's ``InitTracker`` (``is_init``, where the
+    policy resets its hidden state) and the primers of its hidden states (zeros at reset, carried from step
+    to step by the rollout). A feedforward policy leaves the env as it is.
+
+    Examples:
+        >>> from sapg_torchrl import BlockLayout, make_actor_critic
+        >>> from sapg_torchrl.envs import EnvpoolEnv
+        >>> env = make_sapg_env(EnvpoolEnv(4, "Pendulum-v1"), BlockLayout(4, 2).block_ids())
+        >>> actor, _ = make_actor_critic(3, 1, num_blocks=2, hidden=(8,), lstm_size=16)
+        >>> rollout = track_recurrent_states(env, actor).rollout(3, actor)
+        >>> rollout["recurrent_state_h"].shape, rollout["is_init"][:, 0].all().item()
+        (torch.Size([4, 3, 1, 16]), True)
+    """
+    primers = get_primers_from_module(policy, warn=False)
+    if primers is None:
+        return env
+    env.append_transform(InitTracker())
+    env.append_transform(primers)
+    return env

@@ -383,7 +383,10 @@ def _train_autoencoders(normalised, bottlenecks, hidden, epochs, seed, batch_siz
 
 # ---------------------------------------------------------------------------------------- policies
 def _block_distributions(actor, states: torch.Tensor, num_blocks: int, observation_key, block_id_key):
-    """``(loc, scale)`` of every block's Gaussian on ``states``, each ``[num_blocks, n, action_dim]``."""
+    """``(loc, scale)`` of every block's Gaussian on ``states``, each ``[num_blocks, n, action_dim]``.
+
+    The states are single observations: a recurrent policy sees each with a fresh (zero) memory
+    (``is_init``), which feedforward policies ignore."""
     device = next(actor.parameters()).device
     states = torch.as_tensor(states).to(device)
     n = states.shape[0]
@@ -391,6 +394,7 @@ def _block_distributions(actor, states: torch.Tensor, num_blocks: int, observati
         {
             observation_key: states.repeat(num_blocks, *([1] * (states.dim() - 1))),
             block_id_key: torch.arange(num_blocks, device=device).repeat_interleave(n),
+            "is_init": torch.ones(num_blocks * n, 1, dtype=torch.bool, device=device),
         },
         batch_size=[num_blocks * n],
         device=device,
