@@ -18,7 +18,8 @@ from sapg_torchrl.config import build_trainer, train
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.envs.gpu import sapg_view
 
-CPU_PRESETS = {  # preset: (envpool task, observation dim, action dim)
+CPU_PRESETS = {  # preset: (envpool or Brax task, observation dim, action dim)
+    "brax_ant": ("ant", 27, 8),
     "halfcheetah": ("HalfCheetah-v4", 17, 6),
     "ant": ("Ant-v4", 27, 8),
     "humanoid": ("Humanoid-v4", 376, 17),
