@@ -15,10 +15,8 @@ Variants, all built in one process and measured side by side:
   widths: :class:`~torchrl.collectors.Collector`, :class:`~torchrl.objectives.value.GAE`,
   :class:`~torchrl.objectives.ClipPPOLoss`, separate actor (``ProbabilisticActor`` + ``IndependentNormal``
   with a state-independent log-std) and critic MLPs, Adam, gradient clipping at 1.0.
-- ``disjoint`` (extra line, ``--no-disjoint`` to skip): ``ablation=disjoint``, M separate networks,
-  evaluated for every row (``Blockwise``), hence expected to be slower. Its iterations cost ~7 of
-  ``sapg``'s on CPU, so by default it gets ``--disjoint-iters 1`` timed iteration per round (after the
-  same ``--warmup``) instead of ``--iters``; this keeps the default run at a few minutes on 2 free cores.
+- ``disjoint`` (extra line, ``--no-disjoint`` to skip): ``ablation=disjoint``, M separate networks
+  (``Blockwise``: each block's network on its own rows).
 
 One *iteration* is the full training loop body: collect ``N x T`` frames, compute the targets, run the
 ``epochs`` passes of minibatch updates. For the SAPG trainer it mirrors :meth:`SAPGTrainer.train` minus
@@ -100,7 +98,7 @@ def compose_config(ablation: str, args: argparse.Namespace) -> DictConfig:
         cfg = compose(config_name="sapg", overrides=overrides)
     # enough frames for every iteration the benchmark runs (the collector stops at total_frames)
     frames = cfg.env.num_envs * cfg.ppo.horizon
-    cfg.total_frames = frames * (args.rounds * (args.warmup + max(args.iters, args.disjoint_iters)) + 2)
+    cfg.total_frames = frames * (args.rounds * (args.warmup + args.iters) + 2)
     return cfg
 
 
@@ -306,7 +304,6 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         f"rows, env={meta['env']}, device={meta['device']}, torch threads={meta['torch_threads']}",
         f"rounds={meta['rounds']} x (warmup {meta['warmup']} + timed {meta['iters']}) iterations per variant; "
         f"median over {meta['rounds'] * meta['iters']} timed iterations"
-        + (f" (disjoint: {meta['rounds'] * meta['disjoint_iters']})" if "disjoint" in results else "")
         + f"; measured in {meta['measure_wall_s']:.0f} s; "
         f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}",
         "",
@@ -349,18 +346,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per variant and round (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--env", default=None, help="env config group (recipes/config/env); default: the config's")
-    p.add_argument("--no-disjoint", action="store_true", help="skip the (slow) disjoint ablation line")
-    p.add_argument(
-        "--disjoint-iters", type=int, default=1,
-        help="timed iterations of disjoint per round (default 1: each costs ~7 sapg iterations on CPU)",
-    )
+    p.add_argument("--no-disjoint", action="store_true", help="skip the disjoint ablation line")
     p.add_argument(
         "--threads", type=int, default=None,
         help="torch.set_num_threads for all variants (default: leave torch's default, as the library does)",
     )
     p.add_argument("--out", default=None, help="also write the result: .json for JSON, anything else markdown")
     args = p.parse_args(argv)
-    for name in ("rounds", "iters", "disjoint_iters"):
+    for name in ("rounds", "iters"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
     if args.warmup < 0:
@@ -398,14 +391,11 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "iters": args.iters,
-        "disjoint_iters": args.disjoint_iters,
         "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     start = time.perf_counter()
     try:
         iters = {v.name: args.iters for v in variants}
-        if "disjoint" in iters:
-            iters["disjoint"] = args.disjoint_iters
         samples = measure(variants, args.rounds, args.warmup, iters)
     finally:
         for v in variants:
