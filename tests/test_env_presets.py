@@ -24,7 +24,10 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, observation dim, action dim)
     "ant": ("Ant-v4", 27, 8),
     "humanoid": ("Humanoid-v4", 376, 17),
     "adroit_pen": ("AdroitHandPen-v1", 45, 24),
+    "hand_block_rotate": ("HandManipulateBlockRotateZ-v1", 75, 20),
+    "leap_cube_reorient": ("LeapCubeReorient-v1", 185, 16),
 }
+EPISODE_LENGTH = {"adroit_pen": 200, "hand_block_rotate": 100}  # the others: 1000
 GPU_PRESETS = {  # preset: (what the error must name, T, epochs, lr, clip, hidden, entropy scale)
     "isaacgym_allegrohand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 256, 128], 0.0),
     "isaacgym_shadowhand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 512, 256, 128], 0.005),
@@ -52,7 +55,7 @@ def test_cpu_preset_settings(compose_cfg, preset):
     cfg = compose_cfg(f"env={preset}")
     assert cfg.env.make.env_name == CPU_PRESETS[preset][0]
     assert cfg.sapg.num_blocks == 6 and cfg.env.num_envs % 6 == 0
-    assert cfg.env.eval_steps == (200 if preset == "adroit_pen" else 1000)
+    assert cfg.env.eval_steps == EPISODE_LENGTH.get(preset, 1000)
     assert cfg.network.activation == "elu" and cfg.total_frames > 0
 
 

@@ -5,7 +5,7 @@ import torch
 from torchrl.envs import TransformedEnv
 from torchrl.envs.utils import check_env_specs
 
-from sapg_torchrl import BlockLayout
+from sapg_torchrl import BlockLayout, ConfigError
 from sapg_torchrl.envs import BlockIdTransform, EnvpoolEnv, make_sapg_env
 
 SHORT = {"max_episode_steps": 3}
@@ -148,3 +148,16 @@ def test_make_sapg_env_clips_multidimensional_actions():
         env.close()
     # control cost 0.1 * |a|^2 is 0.6 for the clipped action, 15 for the raw one
     assert torch.all(rollout["next", "reward"] > -3)
+
+
+def test_dict_observations_are_concatenated_in_the_given_order():
+    env = EnvpoolEnv(2, "HandManipulateBlockRotateZ-v1", observation_keys=["desired_goal", "observation"])
+    rollout = env.rollout(2, break_when_any_done=False)
+    assert set(env.observation_spec.keys()) == {"observation"} and env.observation_spec["observation"].shape == (2, 68)
+    assert rollout["observation"].shape == (2, 2, 68)
+    env.close()
+
+
+def test_unknown_observation_keys_name_the_tasks_own():
+    with pytest.raises(ConfigError, match=r"names \['goal'\].*\['achieved_goal', 'desired_goal', 'observation'\]"):
+        EnvpoolEnv(2, "HandManipulateBlockRotateZ-v1", observation_keys=["observation", "goal"])

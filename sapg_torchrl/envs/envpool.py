@@ -15,6 +15,10 @@ and changes only what breaks:
    "observation")`` holds the true final observation (needed to bootstrap truncated episodes).
 3. **Trailing singleton reward and done dims**, ``[N, 1]``, the shape TorchRL's value estimators and
    losses expect.
+
+And one addition: tasks with dict observations (gymnasium-robotics' goal-conditioned hands, MuJoCo
+Playground) can have the entries SAPG should see concatenated into one flat ``observation``
+(``observation_keys``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class EnvpoolEnv(MultiThreadedEnv):
         num_threads (int, optional): worker threads; ``0`` (default) lets envpool choose.
         create_env_kwargs (dict, optional): more keyword arguments for ``envpool.make``
             (``max_episode_steps`` for instance).
+        observation_keys (list of str, optional): for a task with dict observations, the entries to
+            concatenate, in this order, into one flat ``observation`` (e.g. ``["observation",
+            "desired_goal"]``); ``None`` keeps the task's own keys.
         device: where the tensors it returns live. Defaults to CPU.
 
     Examples:
@@ -60,8 +67,10 @@ class EnvpoolEnv(MultiThreadedEnv):
         seed: int = 0,
         num_threads: int = 0,
         create_env_kwargs: dict[str, Any] | None = None,
+        observation_keys: list[str] | None = None,
         **kwargs,
     ):
+        self._observation_keys = None if observation_keys is None else list(observation_keys)
         create_env_kwargs = dict(create_env_kwargs or {})
         create_env_kwargs.setdefault("seed", seed)
         create_env_kwargs.setdefault("num_threads", num_threads)
@@ -86,7 +95,7 @@ class EnvpoolEnv(MultiThreadedEnv):
         with set_gym_backend("gymnasium"):
             self.action_spec = self._get_action_spec()
             output_spec = self._get_output_spec()
-        self.observation_spec = output_spec["full_observation_spec"]
+        self.observation_spec = self._flatten_spec(output_spec["full_observation_spec"])
         self.reward_spec = output_spec["full_reward_spec"]
         self.done_spec = output_spec["full_done_spec"]
 
@@ -114,12 +123,32 @@ class EnvpoolEnv(MultiThreadedEnv):
         out.update(self.full_done_spec.zero())
         return out
 
+    def _flatten_spec(self, spec: Composite) -> Composite:
+        if self._observation_keys is None:
+            return spec
+        # the task's own entries (TorchRL's spec conversion renames some, e.g. "state" -> "observation")
+        space = self._env.observation_space
+        missing = [key for key in self._observation_keys if key not in getattr(space, "spaces", {})]
+        if missing:
+            from sapg_torchrl.errors import ConfigError
+
+            raise ConfigError(
+                f"observation_keys={self._observation_keys} names {missing}, which the task does not have; "
+                f"its observations are {sorted(getattr(space, 'spaces', {}))}"
+            )
+        width = sum(space[key].shape[-1] for key in self._observation_keys)
+        dtype = torch.as_tensor(np.zeros(0, dtype=space[self._observation_keys[0]].dtype)).dtype
+        flat = Unbounded(shape=(*self.batch_size, width), dtype=dtype, device=self.device)
+        return Composite(observation=flat, shape=self.batch_size, device=self.device)
+
     def _treevalue_or_numpy_to_tensor_or_dict(self, obs) -> dict[str, torch.Tensor]:
         # gymnasium envpool returns an array, or a dict of arrays for dict observation spaces
         # (the base class expects the ``treevalue`` package, which envpool 1.2 no longer uses).
-        if isinstance(obs, dict):
-            return {key: torch.as_tensor(value) for key, value in obs.items()}
-        return {"observation": torch.as_tensor(obs)}
+        if not isinstance(obs, dict):
+            return {"observation": torch.as_tensor(obs)}
+        if self._observation_keys is not None:
+            return {"observation": torch.cat([torch.as_tensor(obs[key]) for key in self._observation_keys], -1)}
+        return {key: torch.as_tensor(value) for key, value in obs.items()}
 
     # 3. [N, 1] reward and done ----------------------------------------------------------------------
     def _get_reward_spec(self):
