@@ -4,7 +4,9 @@ One iteration: collect ``T`` steps of all ``N`` envs (TorchRL :class:`~torchrl.c
 per env under its own block's critic, add the relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`,
 standardise the advantages once, then ``epochs`` passes of shuffled minibatches through
 :class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
-(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL). Everything stays
+(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL). A recurrent
+policy (a TorchRL ``LSTMModule`` inside) trains on minibatches of whole ``T``-step env sequences instead of
+shuffled rows, recomputed from the hidden states stored at their start. Everything stays
 on the policy's device; the host sees one transfer of metrics per iteration (plus one float per epoch
 for the learning-rate schedule).
 """
