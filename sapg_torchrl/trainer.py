@@ -289,7 +289,14 @@ class SAPGTrainer:
                 epoch_out.append(out)
             epoch_out = torch.stack(epoch_out)
             if self.lr_schedule is not None:
-                self.lr_schedule.step(epoch_out["kl_approx"].nanmean())  # one host sync per epoch
+                kl = epoch_out["kl_approx"].nanmean()
+                if not torch.isfinite(kl):  # the one host sync per epoch, shared with the schedule
+                    raise FloatingPointError(
+                        f"training diverged at iteration {self.iteration}: the policy's KL is {float(kl)} (non-finite "
+                        f"losses); is_ratio_max={float(epoch_out['is_ratio_max'].nan_to_num(0).max()):.3g} (importance "
+                        "ratios of relabelled rows; sapg.max_importance_ratio caps them)"
+                    )
+                self.lr_schedule.step(kl)
             outputs.append(epoch_out)
         return torch.cat(outputs).apply(lambda x: x.float().nanmean(0), batch_size=[])
 

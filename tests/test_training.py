@@ -138,3 +138,15 @@ def test_block_return_waits_for_every_env_of_the_block(tiny_cfg):
     trainer.last_return[:] = 2.0
     metrics = trainer._iteration_metrics(TensorDict({}, []))
     assert metrics["return/all"] == metrics["return/leader"] == 2.0
+
+
+def test_divergence_stops_with_a_message_naming_the_iteration(tiny_cfg, monkeypatch):
+    """Non-finite losses stop the run with one line naming the iteration and the importance ratios."""
+    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.loss import SAPGLoss
+
+    forward = SAPGLoss.forward
+    monkeypatch.setattr(SAPGLoss, "forward", lambda self, td: forward(self, td).set("kl_approx", torch.tensor(math.nan)))
+    trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
+    with pytest.raises(FloatingPointError, match=r"training diverged at iteration 1: the policy's KL is nan"):
+        trainer.train()
