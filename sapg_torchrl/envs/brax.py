@@ -71,7 +71,7 @@ class BraxBatchEnv(BraxEnv):
             raise ConfigError(BRAX_INSTALL.format(name=env_name)) from None
         if device is None:
             device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-        self._episode_length, self._backend, self._seed = episode_length, backend, seed
+        self._episode_length, self._backend = episode_length, backend
         super().__init__(env_name, batch_size=torch.Size([num_envs]), device=device)
         self.set_seed(seed)
 
