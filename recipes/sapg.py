@@ -49,7 +49,11 @@ def run(cfg: DictConfig) -> dict:
             logging.getLogger("sapg").error("run %s failed: %s: %s", runtime.output_dir, type(err).__name__, err)
             raise
     with exit_on_config_error():
-        return train(cfg, runtime.output_dir, name=name)
+        try:
+            return train(cfg, runtime.output_dir, name=name)
+        except FloatingPointError as err:  # diverged: its result.json says so
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 main = hydra.main(config_path=str(CONFIG_DIR), config_name="sapg", version_base="1.3")(run)

@@ -70,6 +70,7 @@ def make_actor_critic(
     activation: str = "elu",
     max_log_std: float | None = None,
     lstm_size: int | None = None,
+    lstm_layer_norm: bool = False,
     value_norm: ValueNorm | None = None,
     observation_norm: ValueNorm | None = None,
     observation_key="observation",
@@ -84,7 +85,9 @@ def make_actor_critic(
 
     Keyword Args:
         hidden (sequence of int): trunk widths. Defaults to ``(256, 256, 128)``.
-        phi_dim (int): width of each block's conditioning vector (32 in the code, 16 in the paper).
+        phi_dim (int): width of each block's conditioning vector (32 in the code, 16 in the paper). With
+            ``num_blocks=1`` there is nothing to condition on and no phi is built: the network is exactly a
+            plain PPO actor-critic of the same sizes (the ``no_split`` baseline).
         shared_trunk (bool): one trunk for actor and critic (code) or one each (paper).
         disjoint (bool): ``M`` separate networks without phi (the ``disjoint`` ablation); overrides
             ``phi_dim``.
@@ -96,6 +99,9 @@ def make_actor_critic(
             actor only: a critic-only LSTM would have no stored hidden states). Its hidden state is stored
             under ``recurrent_state_h`` / ``recurrent_state_c`` and reset where ``is_init`` is set: the env
             needs :func:`~sapg_torchrl.envs.track_recurrent_states`. Not with ``disjoint``.
+        lstm_layer_norm (bool): a LayerNorm on the LSTM's output, before phi and the MLP (rl_games'
+            ``layer_norm: True`` with ``before_mlp: True``, as in the published AllegroKuka network).
+            Defaults to ``False``.
         value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
             critic denormalises them with these statistics (pass the same object to
             :class:`~sapg_torchrl.SAPGLoss`).
@@ -128,6 +134,8 @@ def make_actor_critic(
     def trunk() -> nn.Module:
         if disjoint:
             return _PerBlock(Blockwise(lambda: mlp(observation_dim, hidden, activation), num_blocks))
+        if phi is None:
+            return _Unconditioned(mlp(trunk_input_dim, hidden, activation))
         return ConditionedMLP(trunk_input_dim, hidden, phi, activation)
 
     def head(out_features: int) -> nn.Module:
@@ -135,7 +143,8 @@ def make_actor_critic(
             return _PerBlock(Blockwise(lambda: nn.Linear(width, out_features), num_blocks))
         return _Unconditioned(nn.Linear(width, out_features))
 
-    phi = None if disjoint else nn.Embedding(num_blocks, phi_dim)  # N(0, 1) init, as in the code
+    # N(0, 1) init, as in the code; one block has nothing to condition on
+    phi = None if disjoint or num_blocks == 1 else nn.Embedding(num_blocks, phi_dim)
     normalise = []
     if observation_norm is not None:
         normalise = [TensorDictModule(Standardize(observation_norm), in_keys=[observation_key], out_keys=["observation_std"])]
@@ -150,6 +159,8 @@ def make_actor_critic(
                 in_keys=[observation_key, *LSTMModule.DEFAULT_IN_KEYS],
             )
         ]  # fmt: skip
+        if lstm_layer_norm:
+            memory.append(TensorDictModule(nn.LayerNorm(lstm_size), in_keys=["memory"], out_keys=["memory"]))
         observation_key = "memory"
     ins = [observation_key, block_id_key]
     actor_trunk = TensorDictSequential(*normalise, *memory, TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"]))

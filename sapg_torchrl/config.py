@@ -65,6 +65,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         activation=net.activation,
         max_log_std=net.max_log_std,
         lstm_size=net.lstm_size,
+        lstm_layer_norm=net.lstm_layer_norm,
         value_norm=value_norm,
         observation_norm=observation_norm,
     )
@@ -82,6 +83,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         clip_mode=s.clip_mode,
         off_policy_weight=s.off_policy_weight,
         max_importance_ratio=s.max_importance_ratio,
+        kl_reference=ppo.kl_reference,
         bounds_loss_coeff=ppo.bounds_loss_coeff,
         value_norm=value_norm,
         critic_coeff=ppo.critic_coeff,
@@ -106,7 +108,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
     return SAPGTrainer(
         env=env, actor=actor, critic=critic, loss=loss, layout=layout, aggregator=aggregator,
         total_frames=cfg.total_frames, horizon=ppo.horizon, gamma=ppo.gamma, lmbda=ppo.lmbda, epochs=ppo.epochs,
-        minibatch_size=ppo.minibatch_size, lr=ppo.lr, kl_target=ppo.kl_target,
+        minibatch_size=ppo.minibatch_size, num_minibatches=ppo.num_minibatches, lr=ppo.lr, kl_target=ppo.kl_target,
         max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
         advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
         eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks, run_dir=run_dir,
@@ -156,6 +158,10 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str,
 
     Re-running the same config in the same folder skips a finished run and redoes an interrupted one
     (see :func:`prepare_run_dir`), which is what makes a study sweep resumable.
+
+    A run that diverges (non-finite losses, :class:`FloatingPointError`) is a result too: ``result.json``
+    gets its last finite iteration's metrics with ``diverged: true``, ``diverged_at_iteration`` and the
+    error, then the error is raised again.
     """
     run_dir = Path(run_dir)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -176,9 +182,15 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str,
         )  # fmt: skip
         sinks.append(wandb)
     reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
+    trainer = None
     try:
         trainer = build_trainer(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [])
         result = trainer.train()
+    except FloatingPointError as err:
+        if trainer is not None:
+            diverged = {**trainer.metrics, "diverged": True, "diverged_at_iteration": trainer.iteration, "error": str(err)}
+            (run_dir / RESULT_FILE).write_text(json.dumps(diverged, indent=1))
+        raise
     finally:
         if wandb is not None:
             wandb.close()

@@ -17,9 +17,10 @@ from torchrl.objectives import ClipPPOLoss
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.nn import ReuseIfPresent
 
-__all__ = ["SAPGLoss", "CLIP_MODES"]
+__all__ = ["SAPGLoss", "CLIP_MODES", "KL_REFERENCES"]
 
 CLIP_MODES = ("code", "paper")
+KL_REFERENCES = ("previous_epoch", "behaviour")
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,14 @@ class SAPGLoss(ClipPPOLoss):
     - optional **bounds loss** on the action mean: ``bounds_loss_coeff * sum(relu(|mu| - action_bound)^2)``;
     - a trunk shared by the actor and the critic (:class:`~sapg_torchrl.nn.ReuseIfPresent`, as built by
       :func:`~sapg_torchrl.make_actor_critic`) is evaluated once per minibatch, not once per head;
+    - the **KL** reported as ``kl_approx`` (what drives a KL-adaptive learning rate):
+      ``kl_reference="behaviour"`` is :class:`~torchrl.objectives.ClipPPOLoss`'s sample estimate
+      ``mean(log pi_behaviour - log pi_theta)`` over the on-policy rows; ``kl_reference="previous_epoch"``
+      (released code, rl_games' ``policy_kl``) is the analytic Gaussian ``KL(pi_theta || N(loc, scale))`` summed
+      over action dims and averaged over all rows, relabelled ones included, where ``loc``/``scale`` are read
+      from the batch. The loss then also returns the current ``loc`` and ``scale`` of every row (detached): a
+      trainer writes them back into the batch after each minibatch, so that in the next epoch the reference is
+      the policy of the previous epoch (in the first epoch it is the behaviour policy);
     - critic regression in the space of an optional :class:`~torchrl.modules.ValueNorm` (the critic
       denormalises its output with the same object; this loss does not update the statistics: call
       ``value_norm.update(value_targets)`` once per iteration).
@@ -77,6 +86,8 @@ class SAPGLoss(ClipPPOLoss):
         clip_mode (str): ``"code"`` (default) or ``"paper"``, see above.
         off_policy_weight (float): ``lambda`` for relabelled rows. Defaults to ``1.0``.
         max_importance_ratio (float, optional): cap of the importance ratio. Defaults to ``None``.
+        kl_reference (str): ``"behaviour"`` (default, as :class:`~torchrl.objectives.ClipPPOLoss`) or
+            ``"previous_epoch"`` (released code), see above.
         bounds_loss_coeff (float): coefficient of the bounds loss (``1e-4`` in the code). Defaults to ``0.0``.
         action_bound (float): where the bounds loss starts. Defaults to ``1.1``.
         value_norm (ValueNorm, optional): value normaliser shared with the critic.
@@ -117,11 +128,16 @@ class SAPGLoss(ClipPPOLoss):
                 ``"relabelled"``.
             log_clip_center (NestedKey): ``log mu`` of relabelled rows, read when ``clip_mode="paper"``.
                 Defaults to ``"log_clip_center"``.
+            loc (NestedKey): mean of the reference policy, read (and returned, current) when
+                ``kl_reference="previous_epoch"``. Defaults to ``"loc"`` (what the actor writes).
+            scale (NestedKey): its standard deviation, likewise. Defaults to ``"scale"``.
         """
 
         block_id: NestedKey = "block_id"
         relabelled: NestedKey = "relabelled"
         log_clip_center: NestedKey = "log_clip_center"
+        loc: NestedKey = "loc"
+        scale: NestedKey = "scale"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -137,6 +153,7 @@ class SAPGLoss(ClipPPOLoss):
         clip_mode: str = "code",
         off_policy_weight: float = 1.0,
         max_importance_ratio: float | None = None,
+        kl_reference: str = "behaviour",
         bounds_loss_coeff: float = 0.0,
         action_bound: float = 1.1,
         value_norm: ValueNorm | None = None,
@@ -147,6 +164,8 @@ class SAPGLoss(ClipPPOLoss):
     ):
         if clip_mode not in CLIP_MODES:
             raise ConfigError(f"clip_mode={clip_mode!r} is not accepted: use one of {list(CLIP_MODES)}")
+        if kl_reference not in KL_REFERENCES:
+            raise ConfigError(f"kl_reference={kl_reference!r} is not accepted: use one of {list(KL_REFERENCES)}")
         if off_policy_weight < 0:
             raise ConfigError(f"off_policy_weight={off_policy_weight} is not accepted: it must be >= 0")
         if max_importance_ratio is not None and max_importance_ratio <= 1:
@@ -178,6 +197,7 @@ class SAPGLoss(ClipPPOLoss):
         self.entropy_coeff = entropy_coeff.to(self.entropy_coeff.device)
         self.num_blocks = num_blocks
         self.clip_mode = clip_mode
+        self.kl_reference = kl_reference
         self.value_norm = value_norm
         self.register_coeff_buffer("off_policy_weight", off_policy_weight)
         self.register_coeff_buffer("bounds_loss_coeff", bounds_loss_coeff)
@@ -192,6 +212,8 @@ class SAPGLoss(ClipPPOLoss):
         extra = [self.tensor_keys.block_id, self.tensor_keys.relabelled]
         if self.clip_mode == "paper":
             extra.append(self.tensor_keys.log_clip_center)
+        if self.kl_reference == "previous_epoch":
+            extra += [self.tensor_keys.loc, self.tensor_keys.scale]
         self._in_keys = list(dict.fromkeys([*self._in_keys, *extra]))
 
     @property
@@ -242,6 +264,8 @@ class SAPGLoss(ClipPPOLoss):
             relabelled = torch.zeros(rows, dtype=torch.bool, device=advantage.device)
         relabelled = relabelled.reshape(*rows, 1)
         on_policy = ~relabelled
+        if self.kl_reference == "previous_epoch":  # read before the actor writes the current ones
+            reference = d.Normal(tensordict.get(self.tensor_keys.loc), tensordict.get(self.tensor_keys.scale))
 
         if self._shared_trunks:
             with (
@@ -294,7 +318,13 @@ class SAPGLoss(ClipPPOLoss):
                 count = zeros.index_add(0, ids, torch.ones_like(entropy.reshape(-1)))
                 mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
                 td_out.set("entropy_per_block", mean)
-            td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
+            if self.kl_reference == "previous_epoch":
+                current = d.Normal(dist.mean.detach(), dist.stddev.detach())
+                td_out.set("kl_approx", d.kl_divergence(current, reference).sum(-1).mean())
+                td_out.set(self.tensor_keys.loc, current.loc)
+                td_out.set(self.tensor_keys.scale, current.scale)
+            else:
+                td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
             clipped = clipped.float()
             td_out.set("clip_fraction", clipped.mean())
             td_out.set("clip_fraction_on_policy", _masked_mean(clipped, on_policy))

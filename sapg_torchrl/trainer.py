@@ -4,7 +4,11 @@ One iteration: collect ``T`` steps of all ``N`` envs (TorchRL :class:`~torchrl.c
 per env under its own block's critic, add the relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`,
 standardise the advantages once, then ``epochs`` passes of shuffled minibatches through
 :class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
-(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL). A recurrent
+(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL; with the loss's
+``kl_reference="previous_epoch"`` the KL is to the policy of the previous epoch, as in rl_games). An epoch
+is ``floor(rows / minibatch_size)`` minibatches, the remainder merged into the last (rl_games' partition), or
+a fixed ``num_minibatches`` (rsl_rl's and CleanRL's convention), so that variants with more rows per
+iteration take no more optimizer steps. A recurrent
 policy (a TorchRL ``LSTMModule`` inside) trains on minibatches of whole ``T``-step env sequences instead of
 shuffled rows, recomputed from the hidden states stored at their start. Everything stays
 on the policy's device; the host sees one transfer of metrics per iteration (plus one float per epoch
@@ -33,13 +37,38 @@ from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
 
-__all__ = ["SAPGTrainer", "CRITIC_TARGETS", "ADVANTAGE_NORMS"]
+__all__ = ["SAPGTrainer", "CRITIC_TARGETS", "ADVANTAGE_NORMS", "minibatch_sizes"]
 
 CRITIC_TARGETS = ("gae", "n_step")
 ADVANTAGE_NORMS = ("global", "per_block", "none")
 
 Hook = Callable[["SAPGTrainer", TensorDictBase], None]
 MetricsSink = Callable[[dict, int], None]
+
+
+def minibatch_sizes(units: int, *, size: int | None = None, count: int | None = None) -> list[int]:
+    """How an epoch splits ``units`` shuffled rows (or sequences) into minibatches.
+
+    With ``size`` (rl_games): ``floor(units / size)`` minibatches of ``size``, the remainder merged into the
+    last (at least one minibatch). With ``count`` (rsl_rl, CleanRL): ``count`` minibatches of
+    ``floor(units / count)``, the remainder merged into the last.
+
+    Examples:
+        >>> minibatch_sizes(28672, size=6144)  # sapg on the MountainCar preset: 4 steps, as rl_games
+        [6144, 6144, 6144, 10240]
+        >>> minibatch_sizes(49152, count=4)  # symmetric: twice the rows, still 4 steps
+        [12288, 12288, 12288, 12288]
+    """
+    if (size is None) == (count is None):
+        raise ValueError("give exactly one of size and count")
+    if count is None:
+        count = max(1, units // size)
+        size = min(size, units)
+    elif not 1 <= count <= units:
+        raise ConfigError(f"num_minibatches={count} is not accepted for {units} rows (or sequences): use 1..{units}")
+    else:
+        size = units // count
+    return [size] * (count - 1) + [units - size * (count - 1)]
 
 
 class SAPGTrainer:
@@ -56,7 +85,9 @@ class SAPGTrainer:
         gamma (float): discount. Defaults to ``0.99``.
         lmbda (float): GAE lambda. Defaults to ``0.95``.
         epochs (int): passes over the batch per iteration. Defaults to ``5``.
-        minibatch_size (int): rows per minibatch. Defaults to ``4 * N``.
+        minibatch_size (int): rows per minibatch (the last takes the remainder). Defaults to ``4 * N``.
+        num_minibatches (int, optional): a fixed number of minibatches per epoch instead, their size
+            following the batch (overrides ``minibatch_size``).
         lr (float): initial learning rate. Defaults to ``5e-4``.
         kl_target (float, optional): target KL of the adaptive learning rate, ``None`` for a fixed one.
             Defaults to ``0.016``.
@@ -97,6 +128,7 @@ class SAPGTrainer:
         lmbda: float = 0.95,
         epochs: int = 5,
         minibatch_size: int | None = None,
+        num_minibatches: int | None = None,
         lr: float = 5e-4,
         kl_target: float | None = 0.016,
         lr_bounds: tuple[float, float] = (1e-6, 1e-2),
@@ -135,6 +167,7 @@ class SAPGTrainer:
         self.iterations = math.ceil(total_frames / self.frames_per_iteration)
         self.total_frames = self.iterations * self.frames_per_iteration
         self.minibatch_size = minibatch_size or 4 * layout.num_envs
+        self.num_minibatches = num_minibatches
         self.max_grad_norm = max_grad_norm
         self.critic_target, self.n_step, self.advantage_norm = critic_target, n_step, advantage_norm
         self.value_norm = value_norm
@@ -181,11 +214,14 @@ class SAPGTrainer:
         )
         if loss.clip_mode == "paper":
             self._batch_keys.append(keys.log_clip_center)
+        if loss.kl_reference == "previous_epoch":
+            self._batch_keys += [keys.loc, keys.scale]
         # a recurrent policy learns from whole [T]-step sequences (minibatches of env sequences, the hidden
         # state recomputed from the one stored at their start); a feedforward one from shuffled rows
         self.recurrent = any(isinstance(m, (LSTMModule, GRUModule)) for m in (*actor.modules(), *critic.modules()))
         self.iteration = 0
         self.frames = 0
+        self.metrics: dict[str, float] = {}  # the last iteration's (kept for a run that diverges)
         # last completed episode return of every env (NaN until its first episode ends)
         self.last_return = torch.full((layout.num_envs,), float("nan"), device=self.device)
         self.episodes = torch.zeros(layout.num_envs, dtype=torch.long, device=self.device)
@@ -267,18 +303,29 @@ class SAPGTrainer:
                 self.observation_norm.update(data.get("observation"))
         return losses
 
+    def minibatch_sizes(self, units: int, rows_per_unit: int = 1) -> list[int]:
+        """The minibatches of one epoch over ``units`` rows (or sequences of ``rows_per_unit`` rows)."""
+        if self.num_minibatches is not None:
+            return minibatch_sizes(units, count=self.num_minibatches)
+        return minibatch_sizes(units, size=max(1, self.minibatch_size // rows_per_unit))
+
     @set_recurrent_mode(True)
     def update(self, batch: TensorDictBase) -> TensorDictBase:
-        """``epochs`` passes of shuffled minibatches (of rows, or of sequences for a recurrent policy, of about
-        ``minibatch_size`` rows each); returns the mean of the loss outputs."""
+        """``epochs`` passes of shuffled minibatches (of rows, or of sequences for a recurrent policy; see
+        :meth:`minibatch_sizes`); returns the mean of the loss outputs."""
         outputs = []
         units = batch.shape[0]
-        per_minibatch = max(1, self.minibatch_size * units // batch.numel())
+        sizes = self.minibatch_sizes(units, batch.numel() // units)
+        keys = self.loss.tensor_keys
+        track_reference = self.loss.kl_reference == "previous_epoch"
         for _ in range(self.epochs):
             epoch_out = []
             perm = torch.randperm(units, device=self.device, generator=self.generator)
-            for index in perm.split(per_minibatch):
+            for index in perm.split(sizes):
                 out = self.loss(batch[index])
+                if track_reference:  # this epoch's policy on these rows: the next epoch's KL reference
+                    batch.set_at_(keys.loc, out.pop(keys.loc), index)
+                    batch.set_at_(keys.scale, out.pop(keys.scale), index)
                 total = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -386,7 +433,7 @@ class SAPGTrainer:
         try:
             for data in self.collector:
                 losses = self.learn(self.prepare(data), data)
-                metrics = self._iteration_metrics(losses)
+                metrics = self.metrics = self._iteration_metrics(losses)
                 last = self.iteration == self.iterations
                 if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):
                     metrics.update(self.evaluate())

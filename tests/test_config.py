@@ -11,6 +11,11 @@ ABLATION_KEYS = {
     "no_is_correction": {"sapg.importance_correction"},
     "no_entropy": {"sapg.entropy_scale"},
     "disjoint": {"network.disjoint"},
+    "no_is_correction_capped": {"sapg.importance_correction", "sapg.max_importance_ratio"},
+    **{
+        name: {"sapg.num_blocks", "sapg.aggregation", "sapg.entropy_schedule", "sapg.entropy_coefficients"}
+        for name in ("ppo_entropy", "ppo_entropy_0.005", "ppo_entropy_0.25")
+    },
 }
 
 
@@ -37,7 +42,7 @@ def changed_keys(a, b):
 
 
 def test_every_ablation_has_a_config_file(repo_root):
-    """The study's seven variants are exactly the files of the ablation group."""
+    """The study's variants are exactly the files of the ablation group."""
     files = {p.stem for p in (repo_root / "recipes" / "config" / "ablation").glob("*.yaml")}
     assert files == set(ABLATION_KEYS)
 
@@ -61,6 +66,26 @@ def test_ablation_values(compose_cfg):
     assert cfg["no_is_correction"].sapg.importance_correction is False
     assert cfg["no_entropy"].sapg.entropy_scale == 0
     assert cfg["disjoint"].network.disjoint is True
+    assert cfg["no_is_correction_capped"].sapg.importance_correction is False
+    assert cfg["no_is_correction_capped"].sapg.max_importance_ratio == 3.0
+    grid = {name: list(cfg[name].sapg.entropy_coefficients) for name in cfg if name.startswith("ppo_entropy")}
+    assert grid == {"ppo_entropy_0.005": [0.005], "ppo_entropy": [0.05], "ppo_entropy_0.25": [0.25]}
+    assert all(cfg[name].sapg.num_blocks == 1 for name in grid)
+
+
+def test_paper_phi_width_per_task(compose_cfg):
+    """fidelity=paper: phi 16 on the two hand tasks, 32 on AllegroKuka (and elsewhere); code: 32 everywhere."""
+    for env, width in [("isaacgym_shadowhand", 16), ("isaacgym_allegrohand", 16), ("isaacgym_allegrokuka_throw", 32),
+                       ("isaacgym_allegrokuka_regrasping", 32), ("isaacgym_allegrokuka_reorientation", 32),
+                       ("mountaincar", 32)]:  # fmt: skip
+        assert compose_cfg(f"env={env}", "fidelity=paper").network.phi_dim == width, env
+        assert compose_cfg(f"env={env}").network.phi_dim == 32, env
+
+
+def test_allegrokuka_lstm_has_the_published_layer_norm(compose_cfg):
+    for task in ("throw", "regrasping", "reorientation"):
+        net = compose_cfg(f"env=isaacgym_allegrokuka_{task}").network
+        assert net.lstm_size == 768 and net.lstm_layer_norm is True
 
 
 def test_paper_fidelity_changes_only_its_listed_keys(compose_cfg, repo_root):
@@ -70,10 +95,10 @@ def test_paper_fidelity_changes_only_its_listed_keys(compose_cfg, repo_root):
         "sapg.leader", "sapg.clip_mode", "sapg.entropy_schedule", "network.phi_dim", "network.shared_trunk",
         "ppo.critic_target",
     }  # fmt: skip
-    code = resolved(compose_cfg("fidelity=code"))
-    paper = resolved(compose_cfg("fidelity=paper"))
-    assert changed_keys(code, paper) == listed
-    assert resolved(compose_cfg()) == code  # code is the default
+    code = resolved(compose_cfg("fidelity=code", "env=isaacgym_shadowhand"))
+    paper = resolved(compose_cfg("fidelity=paper", "env=isaacgym_shadowhand"))
+    assert changed_keys(code, paper) == listed  # on a hand task, where the paper's phi is 16
+    assert resolved(compose_cfg("env=isaacgym_shadowhand")) == code  # code is the default
 
 
 def test_defaults_match_the_released_code(compose_cfg):

@@ -192,3 +192,82 @@ def test_sapg_view_leaves_a_sapg_shaped_env_alone():
 def test_sapg_view_names_a_missing_observation():
     with pytest.raises(ConfigError, match="no observation 'policy'.*'obs'"):
         sapg_view(isaacgym_like(), observation_key="policy")
+
+
+# ------------------------------------------------------------------------------ time-outs on the GPU simulators
+class TimeOutEnv(IsaacGymLikeEnv):
+    """Env 0 is done every 3rd step: a time-out at steps 3, 9, ... and a real termination at 6, 12, ...
+
+    ``simulator="isaacgym"``: like TorchRL's IsaacGym wrapper, every done is ``terminated`` and the time-outs are
+    only in ``"time_outs"`` (where TorchRL's info-dict reader puts ``info["time_outs"]``); the final observation
+    is returned. ``simulator="isaaclab"``: like TorchRL's Isaac Lab wrapper, ``terminated`` and ``truncated`` are
+    right, but the final observation is lost (zeros)."""
+
+    def __init__(self, batch_size, simulator, **specs):
+        super().__init__(batch_size=batch_size, **specs)
+        self.simulator = simulator
+        self.steps = 0  # not reset with the episode counter
+
+    def _reset(self, tensordict=None, **kwargs):
+        out = super()._reset(tensordict, **kwargs)
+        if self.simulator == "isaacgym":  # TorchRL's info-dict reader fills it with zeros at a reset
+            return out.set("time_outs", torch.zeros_like(out["done"]))
+        return out.set("truncated", torch.zeros_like(out["done"]))
+
+    def _step(self, tensordict):
+        out = super()._step(tensordict)
+        self.steps += 1
+        done = out["done"]
+        time_out = done & torch.tensor(self.steps % 6 == 3)
+        if self.simulator == "isaacgym":
+            return out.set("time_outs", time_out)
+        out.set("terminated", done & ~time_out).set("truncated", time_out)
+        return out.set("obs", torch.where(done[:, None], torch.zeros_like(out["obs"]), out["obs"]))
+
+
+def time_out_env(simulator, n=12):
+    b = torch.Size([n])
+    flag = Categorical(2, dtype=torch.bool, shape=b)
+    observation = Composite(obs=Unbounded((n, 1)), shape=b)
+    done = Composite(done=flag, terminated=flag.clone(), shape=b)
+    if simulator == "isaacgym":
+        observation["time_outs"] = flag.clone()
+    else:
+        done["truncated"] = flag.clone()
+    return TimeOutEnv(
+        b, simulator, observation_spec=observation, action_spec=Bounded(-1, 1, (n, 1)), state_spec=Composite(shape=b),
+        reward_spec=Composite(reward=Unbounded(b), shape=b), done_spec=done,
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Nested TransformedEnvs")
+@pytest.mark.parametrize("simulator", ["isaacgym", "isaaclab"])
+def test_time_outs_bootstrap_and_terminations_do_not(simulator):
+    """What isaacgym_env / isaaclab_env put on top of TorchRL's wrappers: a time-out is a truncation, and the
+    TD(0) target (as the relabelled rows get it; GAE reads the same flags) bootstraps from V(s_{t+1}) there,
+    from the current state where the simulator lost the final one, and not at a real termination."""
+    from torchrl.envs.utils import check_env_specs
+    from torchrl.objectives.value import TD0Estimator
+
+    options = {"isaacgym": {"time_out_key": "time_outs"}, "isaaclab": {"final_observation_available": False}}
+    make = lambda: make_sapg_env(sapg_view(time_out_env(simulator), "obs", **options[simulator]), BlockLayout(12, 6).block_ids())  # noqa: E731
+    check_env_specs(make())
+    env = make()
+    torch.manual_seed(0)
+    data = env.rollout(12, break_when_any_done=False)
+    truncated, terminated = data["next", "truncated"][0, :, 0], data["next", "terminated"][0, :, 0]
+    assert truncated.nonzero().flatten().tolist() == [2, 8]  # steps 3 and 9
+    assert terminated.nonzero().flatten().tolist() == [5, 11]  # steps 6 and 12
+    final = data["next", "observation"][0, :, 0]
+    if simulator == "isaaclab":  # bootstraps from s_t where the final state is lost
+        torch.testing.assert_close(final[truncated], data["observation"][0, :, 0][truncated])
+    else:  # the final state itself (the action, in this mock)
+        torch.testing.assert_close(final, data["action"][0, :, 0])
+
+    value = lambda td: td["observation"] + 10.0  # noqa: E731  (any critic: V(s) = s + 10)
+    data["state_value"] = value(data)
+    data["next", "state_value"] = value(data["next"])
+    TD0Estimator(gamma=0.9, value_network=None)(data)
+    reward, target = data["next", "reward"][0, :, 0], data["value_target"][0, :, 0]
+    torch.testing.assert_close(target[truncated], reward[truncated] + 0.9 * (final[truncated] + 10))
+    torch.testing.assert_close(target[terminated], reward[terminated])

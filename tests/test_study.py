@@ -9,7 +9,10 @@ from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
 
-ABLATIONS = {"sapg", "no_split", "symmetric", "no_off_policy", "no_is_correction", "no_entropy", "disjoint"}
+ABLATIONS = {
+    "sapg", "no_split", "symmetric", "no_off_policy", "no_is_correction", "no_is_correction_capped", "no_entropy",
+    "disjoint", "ppo_entropy_0.005", "ppo_entropy", "ppo_entropy_0.25",
+}  # fmt: skip
 
 
 def _study_cfg(*overrides):

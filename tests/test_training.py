@@ -150,3 +150,27 @@ def test_divergence_stops_with_a_message_naming_the_iteration(tiny_cfg, monkeypa
     trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
     with pytest.raises(FloatingPointError, match=r"training diverged at iteration 1: the policy's KL is nan"):
         trainer.train()
+
+
+def test_a_diverged_run_writes_its_result(tiny_cfg, tmp_path, monkeypatch):
+    """A run that diverges is a result: result.json holds its last finite metrics, diverged: true and the
+    iteration, and the error still stops the run."""
+    import json
+
+    from sapg_torchrl.loss import SAPGLoss
+
+    forward, calls = SAPGLoss.forward, []
+    minibatches_before_nan = 2 * tiny_cfg().ppo.epochs  # two iterations of one minibatch per epoch
+
+    def diverging(self, td):
+        calls.append(1)
+        out = forward(self, td)
+        return out.set("kl_approx", torch.tensor(math.nan)) if len(calls) > minibatches_before_nan else out
+
+    monkeypatch.setattr(SAPGLoss, "forward", diverging)
+    with pytest.raises(FloatingPointError, match="training diverged at iteration 3"):
+        train(tiny_cfg("train.eval_interval=0"), tmp_path / "run")
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["diverged"] is True and result["diverged_at_iteration"] == 3
+    assert result["iteration"] == 2 and math.isfinite(result["train/loss_objective"])
+    assert "training diverged at iteration 3" in result["error"]

@@ -8,6 +8,15 @@ and shape post-processing, against TorchRL's mock batched envs.
 
 Known caveats of the simulators themselves (from their documentation, not checked here):
 
+- time-outs: IsaacGym reports them only in ``info["time_outs"]`` (TorchRL's wrapper calls every ``done``
+  ``terminated``): :func:`isaacgym_env` reads them with TorchRL's info-dict reader and
+  :class:`TimeOutsAsTruncation` marks them ``truncated``, so GAE and the relabelled TD(0) targets bootstrap
+  from ``V(s_{t+1})`` there, as the released code does (``value_bootstrap: True``) on the hand tasks. The
+  observation IsaacGym returns at a done step is the final one (it resets in the next step's
+  ``pre_physics_step``). Isaac Lab reports ``truncated`` itself but resets inside its step, so the final
+  observation is not available (TorchRL's wrapper gives zeros or NaN in its place):
+  :class:`BootstrapFromCurrentState` puts the current observation there, i.e. a truncated step bootstraps from
+  ``V(s_t)``, which is the released code's reward folding ``r_t += gamma V(s_t)`` at a time-out;
 - one simulator per process: the presets set ``train.eval_interval: 0`` so that no second (evaluation) env
   is created; the leader's training episodes are the learning curve, as in the paper;
 - IsaacGym wants ``import isaacgym`` before ``import torch``; the recipe imports torch first, so you may need
@@ -27,7 +36,7 @@ from torchrl.envs.transforms import Compose, RenameTransform, Transform, Unsquee
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["isaacgym_env", "isaaclab_env", "sapg_view", "TrailingDoneDim"]
+__all__ = ["isaacgym_env", "isaaclab_env", "sapg_view", "TrailingDoneDim", "TimeOutsAsTruncation", "BootstrapFromCurrentState"]
 
 ISAACGYM_INSTALL = (
     "IsaacGym task {task!r} needs IsaacGym and IsaacGymEnvs (not on PyPI; Linux, NVIDIA GPU, Python 3.6-3.8): "
@@ -90,15 +99,79 @@ class TrailingDoneDim(Transform):
         return done_spec
 
 
-def sapg_view(env: EnvBase, observation_key: str = "observation") -> EnvBase:
+class TimeOutsAsTruncation(Transform):
+    """Splits ``done`` into ``terminated`` and ``truncated`` by a time-out flag that the env writes
+    (IsaacGym's ``info["time_outs"]``, read into the step's output by TorchRL's info-dict reader):
+    ``truncated = done & time_out``, ``terminated = done & ~time_out``. Value estimators then bootstrap at
+    time-outs and not at real terminations.
+
+    Args:
+        time_out_key (NestedKey): where the time-out flag is. Defaults to ``"time_outs"``.
+    """
+
+    def __init__(self, time_out_key="time_outs"):
+        super().__init__(in_keys=[time_out_key], out_keys=["terminated", "truncated"])
+
+    def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:
+        done = next_tensordict.get("done")
+        time_out = next_tensordict.get(self.in_keys[0]).reshape(done.shape).bool() & done
+        next_tensordict.set("truncated", time_out)
+        return next_tensordict.set("terminated", done & ~time_out)
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        if "truncated" not in tensordict_reset.keys():
+            tensordict_reset.set("truncated", torch.zeros_like(tensordict_reset.get("done")))
+        return tensordict_reset
+
+    def transform_done_spec(self, done_spec: Composite) -> Composite:
+        if "truncated" not in done_spec.keys():
+            done_spec["truncated"] = done_spec["done"].clone()
+        return done_spec
+
+
+class BootstrapFromCurrentState(Transform):
+    """For envs whose final observation is lost at a truncation (Isaac Lab resets inside its step): puts the
+    current observation in its place, so a truncated step bootstraps from ``V(s_t)`` (the released code's
+    ``r_t += gamma V(s_t)`` at a time-out) instead of from a zero or reset observation. Terminated steps
+    do not bootstrap, so their next observation is left alone.
+
+    Args:
+        observation_key (NestedKey): the observation. Defaults to ``"observation"``.
+    """
+
+    def __init__(self, observation_key="observation"):
+        super().__init__(in_keys=[observation_key], out_keys=[observation_key])
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        key = self.in_keys[0]
+        truncated = next_tensordict.get("truncated")
+        final = next_tensordict.get(key)
+        current = tensordict.get(key)
+        next_tensordict.set(key, torch.where(truncated.reshape(*truncated.shape[:1], *[1] * (final.ndim - 1)), current, final))
+        return next_tensordict
+
+
+def sapg_view(
+    env: EnvBase,
+    observation_key: str = "observation",
+    *,
+    time_out_key: str | None = None,
+    final_observation_available: bool = True,
+) -> EnvBase:
     """What SAPG reads from a batched GPU env: the policy observation as ``"observation"``, reward and done
-    flags as ``[N, 1]``.
+    flags as ``[N, 1]``, time-outs as ``truncated``.
 
     Args:
         env (EnvBase): a batched TorchRL env (batch size ``[N]``).
         observation_key (str): the key of the policy observation in ``env`` (``"obs"`` for IsaacGym,
             ``"policy"`` for Isaac Lab when the wrapper has not already renamed it). Other observation
             entries (e.g. privileged ``"states"``) are left alone.
+
+    Keyword Args:
+        time_out_key (str, optional): a time-out flag the env writes (IsaacGym: ``"time_outs"``); done steps
+            with it set become ``truncated`` (:class:`TimeOutsAsTruncation`).
+        final_observation_available (bool): ``False`` where the env loses the final observation at a
+            truncation (Isaac Lab): :class:`BootstrapFromCurrentState` then bootstraps from ``V(s_t)``.
 
     Returns:
         ``env`` itself if nothing needs changing, else ``env`` in a :class:`~torchrl.envs.TransformedEnv`.
@@ -116,6 +189,10 @@ def sapg_view(env: EnvBase, observation_key: str = "observation") -> EnvBase:
     reward_shape = env.full_reward_spec["reward"].shape
     if reward_shape == env.batch_size:
         transforms.append(UnsqueezeTransform(-1, in_keys=["reward"], out_keys=["reward"]))
+    if time_out_key is not None:
+        transforms.append(TimeOutsAsTruncation(time_out_key))
+    if not final_observation_available:
+        transforms.append(BootstrapFromCurrentState())
     if not transforms:
         return env
     return TransformedEnv(env, Compose(*transforms))
@@ -154,7 +231,13 @@ def isaacgym_env(
         task=task, num_envs=num_envs, device=device, seed=seed, headless=headless, virtual_screen_capture=False,
         cfg=cfg,
     )  # fmt: skip
-    return sapg_view(IsaacGymWrapper(envs), observation_key="obs")
+    from torchrl.data import Unbounded
+    from torchrl.envs import default_info_dict_reader
+
+    wrapper = IsaacGymWrapper(envs)
+    time_outs = Unbounded(shape=wrapper.batch_size, dtype=torch.bool, device=wrapper.device)
+    wrapper.set_info_dict_reader(default_info_dict_reader(["time_outs"], spec={"time_outs": time_outs}))
+    return sapg_view(wrapper, observation_key="obs", time_out_key="time_outs")
 
 
 def _isaacgymenvs_cfg(task, num_envs, seed, device, headless, overrides):
@@ -210,7 +293,8 @@ def isaaclab_env(num_envs: int, seed: int, task: str, *, device: str = "cuda:0",
 
     cfg = parse_env_cfg(task, device=device, num_envs=num_envs)
     cfg.seed = seed
-    return sapg_view(IsaacLabWrapper(gym.make(task, cfg=cfg), device=torch.device(device)), observation_key="policy")
+    env = IsaacLabWrapper(gym.make(task, cfg=cfg), device=torch.device(device))
+    return sapg_view(env, observation_key="policy", final_observation_available=False)
 
 
 _ISAAC_APP = None

@@ -1,0 +1,180 @@
+"""What makes the study fair and faithful: equal optimizer steps, rl_games' minibatch partition, the released
+code's KL for the learning rate, a plain PPO network for no_split, the published LSTM."""
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from sapg_torchrl import SAPGLoss, make_actor_critic
+from sapg_torchrl.config import build_trainer
+from sapg_torchrl.trainer import minibatch_sizes
+
+from conftest import CONFIG_DIR, TINY_OVERRIDES
+from test_study import ABLATIONS
+
+
+def rl_games_minibatches(rows: int, minibatch_size: int) -> list[int]:
+    """rl_games' PPODataset: ``length = rows // minibatch_size``; minibatch i is ``[i mb, (i + 1) mb)``, the last
+    one runs to the end."""
+    length = rows // minibatch_size
+    bounds = [(i * minibatch_size, rows if i == length - 1 else (i + 1) * minibatch_size) for i in range(length)]
+    return [end - start for start, end in bounds]
+
+
+@pytest.mark.parametrize("rows, size", [(28672, 6144), (24576, 6144), (49152, 6144), (229376, 98304), (7, 3), (48, 48)])
+def test_code_partition_matches_rl_games(rows, size):
+    assert minibatch_sizes(rows, size=size) == rl_games_minibatches(rows, size)
+
+
+def test_fixed_number_of_minibatches():
+    assert minibatch_sizes(10, count=4) == [2, 2, 2, 4]
+    assert minibatch_sizes(49152, count=4) == [12288] * 4
+
+
+def study_cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("study", overrides=[*TINY_OVERRIDES, "train.record_states=0", *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def optimizer_steps_of_one_iteration(cfg) -> int:
+    trainer = build_trainer(cfg)
+    steps = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: steps.append(1) or step(*a, **k)
+    data = next(iter(trainer.collector))
+    trainer.learn(trainer.prepare(data), data)
+    trainer.collector.shutdown()
+    return len(steps)
+
+
+def test_every_study_variant_takes_the_same_optimizer_steps():
+    """Under the study config (ppo.num_minibatches) every variant takes epochs x 4 steps per iteration, although
+    sapg has (N + B) T rows, symmetric 2 N T and no_split N T."""
+    steps = {name: optimizer_steps_of_one_iteration(study_cfg(f"ablation={name}")) for name in sorted(ABLATIONS)}
+    epochs = study_cfg().ppo.epochs
+    assert steps == {name: epochs * 4 for name in ABLATIONS}
+
+
+def test_code_fidelity_steps_follow_rl_games(tiny_cfg):
+    """Without num_minibatches: floor(rows / (4 N)) minibatches, as rl_games (sapg: 56 rows, minibatch 48 -> 1)."""
+    cfg = tiny_cfg("ppo.minibatch_size=20")
+    trainer = build_trainer(cfg)
+    trainer.collector.shutdown()
+    rows = (12 + 2) * 4  # N + one follower block of 2 envs, T = 4
+    assert trainer.minibatch_sizes(rows) == rl_games_minibatches(rows, 20) == [20, 36]
+    assert optimizer_steps_of_one_iteration(cfg) == cfg.ppo.epochs * 2
+
+
+# ------------------------------------------------------------------------------------------------ the KL
+def hand_kl(loc0, scale0, loc1, scale1):
+    """KL(N(loc0, scale0) || N(loc1, scale1)) summed over action dims, averaged over rows, written out."""
+    total = 0.0
+    for row in range(len(loc0)):
+        for a in range(len(loc0[row])):
+            m0, s0, m1, s1 = loc0[row][a], scale0[row][a], loc1[row][a], scale1[row][a]
+            total += math.log(s1 / s0) + (s0**2 + (m0 - m1) ** 2) / (2 * s1**2) - 0.5
+    return total / len(loc0)
+
+
+def kl_batch(actor, critic):
+    torch.manual_seed(0)
+    data = TensorDict(observation=torch.randn(8, 3), block_id=torch.tensor([0, 1] * 4), batch_size=[8])
+    with torch.no_grad():
+        data = actor(critic(data))
+    data["advantage"] = torch.randn(8, 1)
+    data["value_target"] = torch.randn(8, 1)
+    data["relabelled"] = torch.tensor([False] * 6 + [True] * 2)
+    data["loc"] = torch.randn(8, 2)  # the reference policy: any Gaussian
+    data["scale"] = torch.rand(8, 2) + 0.5
+    return data
+
+
+def test_previous_epoch_kl_matches_a_hand_computation():
+    """kl_reference="previous_epoch": the analytic KL of the current policy to the stored loc/scale, over all rows
+    (relabelled ones too, as rl_games), and the current loc/scale returned for the next epoch."""
+    actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,))
+    loss = SAPGLoss(actor, critic, kl_reference="previous_epoch")
+    data = kl_batch(actor, critic)
+    out = loss(data)
+    with torch.no_grad():
+        current = actor(data.select("observation", "block_id").clone())
+    expected = hand_kl(current["loc"].tolist(), current["scale"].tolist(), data["loc"].tolist(), data["scale"].tolist())
+    assert float(out["kl_approx"]) == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(out["loc"], current["loc"])
+    torch.testing.assert_close(out["scale"], current["scale"])
+    assert not out["loc"].requires_grad
+
+
+def test_behaviour_kl_is_torchrl_sample_estimate_on_policy_rows():
+    actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,))
+    data = kl_batch(actor, critic)
+    data["action_log_prob"] = data["action_log_prob"] + torch.arange(8.0)  # make the estimate non-trivial
+    out = SAPGLoss(actor, critic, kl_reference="behaviour")(data)
+    with torch.no_grad():
+        log_prob = actor.get_dist(data.select("observation", "block_id").clone()).log_prob(data["action"])
+    expected = (data["action_log_prob"] - log_prob)[:6].mean()
+    assert float(out["kl_approx"]) == pytest.approx(float(expected), rel=1e-5)
+    assert "loc" not in out.keys()
+
+
+def test_trainer_makes_the_reference_the_previous_epoch(tiny_cfg):
+    """Epoch 1 measures the KL to the behaviour policy; epoch e > 1, to the policy each row saw in epoch e - 1."""
+    trainer = build_trainer(tiny_cfg("ppo.epochs=3", "train.eval_interval=0"))
+    data = next(iter(trainer.collector))
+    trainer.collector.shutdown()
+    batch = trainer.prepare(data)
+    batch["row"] = torch.arange(batch.shape[0])
+    behaviour_loc = batch["loc"].clone()
+    calls = []
+    forward = trainer.loss.forward
+
+    def recording(td):
+        reference = td["loc"].clone()
+        out = forward(td)
+        calls.append((td["row"].clone(), reference, out["loc"].clone()))
+        return out
+
+    trainer.loss.forward = recording
+    trainer.update(batch)
+    per_epoch = len(calls) // 3
+    seen = torch.full_like(behaviour_loc, float("nan"))
+    for i, (rows, reference, current) in enumerate(calls):
+        expected = behaviour_loc[rows] if i < per_epoch else seen[rows]
+        torch.testing.assert_close(reference, expected)
+        seen[rows] = current
+
+
+# --------------------------------------------------------------------------------------------- networks
+def test_no_split_network_is_a_plain_actor_critic():
+    """M = 1: no phi. The parameters are exactly those of a plain PPO actor-critic of the same sizes (shared trunk,
+    mean and value heads, one state-independent log-std)."""
+    actor, critic = make_actor_critic(5, 2, num_blocks=1, hidden=(256, 256, 128))
+    params = {id(p): p for p in [*actor.parameters(), *critic.parameters()]}.values()
+    trunk = nn.Sequential(nn.Linear(5, 256), nn.ELU(), nn.Linear(256, 256), nn.ELU(), nn.Linear(256, 128), nn.ELU())
+    plain = [*trunk.parameters(), *nn.Linear(128, 2).parameters(), *nn.Linear(128, 1).parameters(), torch.zeros(1, 2)]
+    assert sorted(tuple(p.shape) for p in params) == sorted(tuple(p.shape) for p in plain)
+    assert not any(isinstance(m, nn.Embedding) for m in actor.modules())
+
+
+def test_no_split_run_builds_no_phi(tiny_cfg):
+    trainer = build_trainer(tiny_cfg("ablation=no_split", "train.eval_interval=0"))
+    trainer.collector.shutdown()
+    assert not any(isinstance(m, nn.Embedding) for m in trainer.actor.modules())
+
+
+def test_lstm_layer_norm_sits_on_the_lstm_output():
+    actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,), lstm_size=8, lstm_layer_norm=True)
+    norms = [m for m in actor.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 1 and norms[0].normalized_shape == (8,)
+    assert not any(isinstance(m, nn.LayerNorm) for m in make_actor_critic(3, 2, 2, hidden=(16,), lstm_size=8)[0].modules())
