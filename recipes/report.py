@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="cap on the states per variant for the diversity measures (default: all)")
     args = parser.parse_args(argv)
 
-    from sapg_torchrl.study_report import load_study, write_report
+    from sapg_torchrl.study import load_study, write_report
 
     try:
         with warnings.catch_warnings(record=True) as caught:

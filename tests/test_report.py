@@ -14,7 +14,7 @@ import yaml
 
 from conftest import REPO, TINY_OVERRIDES
 from sapg_torchrl.metrics import StateReservoir
-from sapg_torchrl.study_report import load_study, summarize, write_report
+from sapg_torchrl.study import load_study, summarize, write_report
 
 PLOTS = ("learning_curves.png", "final_scores.png", "pca_curves.png", "probability_of_improvement.png")
 TABLES = ("## Asymptotic performance", "## Sample efficiency", "## Exploration diversity")
@@ -121,8 +121,8 @@ def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
                         study_command="python recipes/study.py env=toy")  # fmt: skip
     text = path.read_text()
     asymptotic = _table_rows(text, "## Asymptotic performance")
-    assert asymptotic["sapg"][:2] == ["5", "10 [10, 10]"] and asymptotic["sapg"][3] == "–"
-    assert asymptotic["no_split"][1] == "9.5 [9.5, 9.5]" and asymptotic["symmetric"][3] == "1 [1, 1]"
+    assert asymptotic["sapg"][:3] == ["5", "0/5", "10 [10, 10]"] and asymptotic["sapg"][4] == "–"
+    assert asymptotic["no_split"][2] == "9.5 [9.5, 9.5]" and asymptotic["symmetric"][4] == "1 [1, 1]"
     efficiency = _table_rows(text, "## Sample efficiency")
     assert efficiency["sapg"] == ["1 [1, 1]", "0 [0, 0]", "5/5"]
     assert efficiency["no_split"] == ["0.5 [0.5, 0.5]", "800 [800, 800]", "5/5"]
@@ -132,8 +132,36 @@ def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
     assert "never reach it count as the budget" in text and "disjoint/seed0" in text
     assert "`sapg` is better than `symmetric`" in text
     assert re.search(r"clearly worse than `sapg`\* — \*\*holds\*\*", text)
-    assert re.search(r"at large N\* — \*\*holds \(sapg better\)\*\*", text)
+    assert re.search(r"at large N\*, against the paper's PPO \(`no_split`\) — \*\*holds \(sapg better\)\*\*", text)
     assert "python recipes/study.py env=toy" in text
+
+
+def test_a_diverged_run_counts_at_the_floor(synthetic, tmp_path):
+    """A diverged run (result.json with diverged: true) is in the study: from the iteration it diverged on, its
+    return is the lowest any run logged (here 0), its eval return too; the table counts it."""
+    folder = tmp_path / "toy"
+    shutil.copytree(synthetic, folder)
+    for seed in SEEDS:  # 25 envs x T = 4: 100 frames per iteration, so iteration k ends at frame 100 k
+        _write_run(folder / "no_is_correction" / f"seed{seed}", "no_is_correction", seed, np.full(FRAMES.size, 5.0),
+                   num_envs=25)  # fmt: skip
+    diverged = folder / "no_is_correction" / "seed2"
+    metrics = (diverged / "metrics.csv").read_text().splitlines()
+    (diverged / "metrics.csv").write_text("\n".join(metrics[:6]) + "\n")  # frames 0..400, then iteration 5 diverged
+    result = json.loads((diverged / "result.json").read_text())
+    result.update(diverged=True, diverged_at_iteration=5, error="training diverged at iteration 5")
+    (diverged / "result.json").write_text(json.dumps(result))
+    with pytest.warns(UserWarning):
+        study = load_study(folder)
+    run = study.runs["no_is_correction"][2]
+    assert run.diverged_at == 5 and study.floor == 0.0
+    assert run.frames.tolist() == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    assert run.leader_return.tolist() == [5.0] * 5 + [0.0] * 6
+    s = summarize(study, reps=200, diversity=False)
+    assert s.per_run["no_is_correction"]["final"].tolist() == [5.0, 5.0, 0.0, 5.0, 5.0]
+    assert s.per_run["no_is_correction"]["eval"].tolist() == [6.0, 6.0, 0.0, 6.0, 6.0]
+    text = write_report(study, tmp_path / "report", "report", reps=200, diversity=False).read_text()
+    assert _table_rows(text, "## Asymptotic performance")["no_is_correction"][1] == "1/5 (it. 5)"
+    assert "no_is_correction (5 seeds, 1 diverged)" not in text  # the plot's legend, not the text
 
 
 def test_mismatched_settings_are_reported_not_raised(synthetic, tmp_path):
@@ -205,9 +233,28 @@ def test_real_report_header_tables_and_plots(real_report):
 def test_default_study_command_reruns_the_sweep(real_report):
     sweep_dir, _ = real_report
     study = load_study(sweep_dir)
-    from sapg_torchrl.study_report import default_study_command
+    from sapg_torchrl.study import default_study_command
 
     command = default_study_command(study)
     assert command.startswith("python recipes/study.py ") and "ablation=sapg,no_split,symmetric" in command
     assert "seed=0,1,2" in command and f"hydra.sweep.dir={sweep_dir}" in command and "env.num_envs=12" in command
     assert not math.isnan(summarize(study, reps=50, diversity=False).high)
+
+
+def test_tuned_ppo_is_the_best_point_of_the_entropy_grid(synthetic, tmp_path):
+    folder = tmp_path / "toy"
+    shutil.copytree(synthetic, folder)
+    for seed in SEEDS:
+        run_dir = folder / "ppo_entropy" / f"seed{seed}"
+        _write_run(run_dir, "no_split", seed, np.full(FRAMES.size, 9.9))  # one block, like no_split
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["sapg"].update(entropy_schedule="explicit", entropy_coefficients=[0.05])
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning):
+        study = load_study(folder)
+    assert study.ppo_grid == {"no_split": 0.0, "ppo_entropy": 0.05}
+    s = summarize(study, reps=200, diversity=False)
+    assert s.tuned_ppo == "ppo_entropy"
+    text = write_report(study, tmp_path / "report", "report", reps=200, diversity=False).read_text()
+    assert "ppo_entropy (tuned PPO)" in _table_rows(text, "## Asymptotic performance")
+    assert "against the tuned PPO baseline (`ppo_entropy`)" in text and "against the paper's PPO (`no_split`)" in text
