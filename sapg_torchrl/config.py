@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,14 +18,15 @@ from torchrl.objectives import ValueEstimators
 from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
+from sapg_torchrl.checkpoint import load_newest_checkpoint
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.logging import CSVSink, WandbSink
+from sapg_torchrl.logging import CSVSink, WandbSink, aside
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
 from sapg_torchrl.trainer import SAPGTrainer
 
-__all__ = ["build_trainer", "prepare_run_dir", "train"]
+__all__ = ["build_trainer", "experiment_changes", "prepare_run_dir", "resume_config", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -112,80 +116,181 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
         advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
         eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks, run_dir=run_dir,
-        checkpoint_interval=cfg.train.checkpoint_interval, progress=cfg.train.progress, device=device, hooks=hooks,
+        checkpoint_interval=cfg.train.checkpoint_interval, checkpoint_minutes=cfg.train.checkpoint_minutes,
+        keep_checkpoints=cfg.train.keep_checkpoints, progress=cfg.train.progress, device=device, hooks=hooks,
         seed=cfg.seed,
     )  # fmt: skip
 
 
 RESULT_FILE = "result.json"
 RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", "states.pt", RESULT_FILE)
+NOT_THE_EXPERIMENT = ("train", "logger", "total_frames", "device", "resume")
+"""Top-level config keys a resumed (or re-run) run may change: how it runs and logs, where, and for how long."""
 
 
-def prepare_run_dir(run_dir: Path, config_yaml: str) -> dict | None:
-    """Makes ``run_dir`` ready for a run; returns the stored result if this exact run already finished.
+def experiment_changes(saved: dict, new: dict) -> list[str]:
+    """The settings (``key: saved -> new``) in which two resolved configs are different experiments, i.e.
+    differ outside :data:`NOT_THE_EXPERIMENT`."""
 
-    - finished (``result.json``) with the same resolved config: nothing to do, the result is returned;
-    - finished with another config: :class:`ConfigError`, nothing is touched;
-    - interrupted or failed (``metrics.csv`` but no ``result.json``): its files are moved, not deleted, to
-      ``run_dir/interrupted-<n>/`` and the run starts again.
+    def flat(node, prefix=""):
+        out = {}
+        for key, value in node.items():
+            if not prefix and key in NOT_THE_EXPERIMENT:
+                continue
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    a, b = flat(saved), flat(new)
+    return [f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}" for key in sorted(a.keys() | b.keys())
+            if a.get(key) != b.get(key)]  # fmt: skip
+
+
+def resume_config(folder: str | Path, overrides: list[str]) -> DictConfig:
+    """The config of the run in ``folder`` (its ``config.yaml``) with the command line's ``overrides`` that do
+    not change the experiment (``total_frames``, ``device``, ``train.*``, ``logger.*``; ``hydra.*`` and
+    ``resume`` are ignored). Any other override, a missing folder or a folder with no run: :class:`ConfigError`.
     """
-    if (run_dir / RESULT_FILE).exists():
-        if (run_dir / "config.yaml").read_text() != config_yaml:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"resume={folder}: no such run folder")
+    if not (folder / "config.yaml").exists():
+        raise ConfigError(f"resume={folder}: not a run folder (no config.yaml)")
+    allowed, refused = [], []
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        head = key.split(".")[0]
+        if head in ("hydra", "resume"):
+            continue
+        (allowed if head in NOT_THE_EXPERIMENT else refused).append(override)
+    if refused:
+        raise ConfigError(
+            f"resume={folder}: {', '.join(refused)} would change the experiment; a resumed run keeps its own "
+            f"config (these may change: total_frames, device, train.*, logger.*)"
+        )
+    return OmegaConf.merge(OmegaConf.load(folder / "config.yaml"), OmegaConf.from_dotlist(allowed))
+
+
+@dataclass
+class RunStart:
+    """What :func:`prepare_run_dir` found: a finished run's result, a checkpoint to resume from, or neither
+    (a new run)."""
+
+    result: dict | None = None
+    checkpoint: tuple[Path, dict] | None = None
+
+
+def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool = False) -> RunStart:
+    """Makes ``run_dir`` ready for the run of the resolved ``config``.
+
+    - the folder holds a run of another experiment (see :func:`experiment_changes`): :class:`ConfigError`
+      naming the differences, nothing is touched;
+    - finished (``result.json``), same experiment, ``total_frames`` not raised: its result, nothing to do;
+    - finished and ``total_frames`` raised: the run is extended from its newest checkpoint (``result.json``
+      moved to ``result.iter_XXXXXX.json``);
+    - unfinished (``metrics.csv`` but no ``result.json``) with a checkpoint that loads: resumed from it (a
+      corrupt newest checkpoint is reported and the previous one used);
+    - unfinished without a checkpoint: its files are moved, not deleted, to ``run_dir/interrupted-<n>/`` and
+      the run starts again (with ``resume=True``: :class:`ConfigError` instead).
+    """
+    saved = None
+    if (run_dir / "config.yaml").exists():
+        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        changes = experiment_changes(saved, config)
+        if changes:
             raise ConfigError(
-                f"run folder {run_dir} holds a finished run with another config: pass a new hydra.run.dir "
-                "(or hydra.sweep.dir)"
+                f"run folder {run_dir} holds a run of another experiment ({'; '.join(changes)}): pass a new "
+                "hydra.run.dir (or hydra.sweep.dir)" + (", or resume without these overrides" if resume else "")
             )
-        return json.loads((run_dir / RESULT_FILE).read_text())
+    if (run_dir / RESULT_FILE).exists():
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+        if result.get("diverged") or float(config["total_frames"]) <= float(saved["total_frames"]):
+            return RunStart(result=result)
+        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise ConfigError(f"run folder {run_dir} has no readable checkpoint: it cannot be extended")
+        (run_dir / RESULT_FILE).rename(aside(run_dir / RESULT_FILE, f"iter_{checkpoint[1]['iteration']:06d}"))
+        return RunStart(checkpoint=checkpoint)
     if (run_dir / "metrics.csv").exists():
+        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is not None:
+            return RunStart(checkpoint=checkpoint)
+        if resume:
+            raise ConfigError(f"resume={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
         n = 0
         while (run_dir / f"interrupted-{n}").exists():
             n += 1
-        aside = run_dir / f"interrupted-{n}"
-        aside.mkdir()
+        moved = run_dir / f"interrupted-{n}"
+        moved.mkdir()
         for name in RUN_FILES:
             if (run_dir / name).exists():
-                (run_dir / name).rename(aside / name)
-        log.warning("%s held an unfinished run: moved its files to %s and starting again", run_dir, aside)
-    return None
+                (run_dir / name).rename(moved / name)
+        log.warning("%s held an unfinished run without a checkpoint: moved its files to %s and starting again",
+                    run_dir, moved)  # fmt: skip
+    elif resume:
+        raise ConfigError(f"resume={run_dir}: the folder holds no run (no metrics.csv)")
+    return RunStart()
 
 
-def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: bool = False) -> dict[str, float]:
     """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs, checkpoints, ``result.json``.
 
     With ``train.record_states`` set, a reservoir of that many of the leader's visited states is kept
     during training (a trainer hook) and saved as ``states.pt``; ``result.json`` then also holds the final
     per-block policy entropies and pairwise KLs on those states.
 
-    Re-running the same config in the same folder skips a finished run and redoes an interrupted one
-    (see :func:`prepare_run_dir`), which is what makes a study sweep resumable.
+    Running the same experiment in the same folder again skips a finished run, extends it if
+    ``total_frames`` was raised, and resumes an interrupted one from its newest checkpoint (see
+    :func:`prepare_run_dir`): ``metrics.csv`` continues after the checkpoint's iteration (later rows are moved
+    to a side file), wandb continues the same run id. This is what ``resume=<run folder>`` does, and what makes
+    a study sweep resumable. ``resume=True`` requires a run to resume.
 
     A run that diverges (non-finite losses, :class:`FloatingPointError`) is a result too: ``result.json``
     gets its last finite iteration's metrics with ``diverged: true``, ``diverged_at_iteration`` and the
-    error, then the error is raised again.
+    error, then the error is raised again. A run stopped by SIGTERM or SIGINT writes a checkpoint and raises
+    :class:`~sapg_torchrl.errors.Preempted`.
     """
     run_dir = Path(run_dir)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config_yaml = OmegaConf.to_yaml(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    finished = prepare_run_dir(run_dir, config_yaml)
-    if finished is not None:
+    start = prepare_run_dir(run_dir, config, resume=resume)
+    if start.result is not None:
         log.info("%s already finished: skipped", run_dir)
-        return finished
+        return start.result
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    (run_dir / "config.yaml").write_text(config_yaml)
-    sinks = [CSVSink(run_dir / "metrics.csv")]
+    if start.checkpoint is None:
+        (run_dir / "config.yaml").write_text(config_yaml)
+        sinks = [CSVSink(run_dir / "metrics.csv")]
+    else:
+        path, state = start.checkpoint
+        log.info("%s: resuming from %s (iteration %d)", run_dir, path.name, state["iteration"])
+        if (run_dir / "config.yaml").read_text() != config_yaml:  # e.g. total_frames raised: keep the old one
+            (run_dir / "config.yaml").rename(aside(run_dir / "config.yaml", f"before_iter_{state['iteration']:06d}"))
+            (run_dir / "config.yaml").write_text(config_yaml)
+        sinks = [CSVSink.resume(run_dir / "metrics.csv", state["iteration"])]
     wandb = None
     if cfg.logger.wandb:
+        run_id = None if start.checkpoint is None else start.checkpoint[1].get("extra", {}).get("wandb_run_id")
         wandb = WandbSink(
-            name, run_dir, project=cfg.logger.project, mode=cfg.logger.mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            name, run_dir, project=cfg.logger.project, mode=cfg.logger.mode, config=config, run_id=run_id,
         )  # fmt: skip
         sinks.append(wandb)
     reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
     trainer = None
     try:
         trainer = build_trainer(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [])
-        result = trainer.train()
+        if start.checkpoint is not None:
+            trainer.load_state_dict(start.checkpoint[1])
+            if trainer.iteration > trainer.iterations:
+                raise ConfigError(
+                    f"total_frames={cfg.total_frames} is below the {trainer.frames} frames {run_dir} has done: "
+                    f"use at least {trainer.frames}"
+                )
+        if wandb is not None:
+            trainer.extra_state["wandb_run_id"] = wandb.run_id
+        # a run stopped between its final checkpoint and result.json has nothing left to train
+        result = trainer.train() if trainer.iteration < trainer.iterations else _last_row(run_dir / "metrics.csv")
     except FloatingPointError as err:
         if trainer is not None:
             diverged = {**trainer.metrics, "diverged": True, "diverged_at_iteration": trainer.iteration, "error": str(err)}
@@ -198,6 +303,12 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg") -> dict[str,
         result.update(_diversity(trainer, reservoir, run_dir / "states.pt"))
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return result
+
+
+def _last_row(path: Path) -> dict[str, float]:
+    with path.open(newline="") as f:
+        *_, last = csv.DictReader(f)
+    return {key: float(value) if value != "" else math.nan for key, value in last.items()}
 
 
 def _diversity(trainer: SAPGTrainer, reservoir: StateReservoir, path: Path) -> dict:

@@ -17,7 +17,11 @@ for the learning-rate schedule).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,7 +37,8 @@ from torchrl.objectives.value import GAE
 
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
-from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.checkpoint import save_checkpoint
+from sapg_torchrl.errors import ConfigError, Preempted
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
 
@@ -106,8 +111,13 @@ class SAPGTrainer:
         sinks (iterable of callables): ``sink(metrics: dict[str, float], iteration)`` once per iteration.
         hooks (iterable of callables): ``hook(trainer, data)`` once per iteration with the ``[N, T]`` rollout
             (after its targets are computed): the place to record states or per-block data.
-        run_dir (path, optional): where checkpoints go (``checkpoints/iter_*.pt``).
+        run_dir (path, optional): where checkpoints go (``checkpoints/iter_*.pt``, see
+            :mod:`sapg_torchrl.checkpoint`).
         checkpoint_interval (int): save every this many iterations (and at the end); ``0`` only at the end.
+        checkpoint_minutes (float, optional): also save when this many minutes have passed since the last
+            checkpoint (iterations last a fraction of a second on a GPU, many seconds on a CPU).
+        keep_checkpoints (int): periodic checkpoints kept, the newest; the final one is never deleted.
+            Defaults to ``3``.
         progress (bool): show a progress bar.
         device: where the policy and the batch live.
         seed (int): seeds the aggregator's draws and the minibatch shuffles.
@@ -145,6 +155,8 @@ class SAPGTrainer:
         hooks: Iterable[Hook] = (),
         run_dir: str | Path | None = None,
         checkpoint_interval: int = 0,
+        checkpoint_minutes: float | None = None,
+        keep_checkpoints: int = 3,
         progress: bool = True,
         device: torch.device | str = "cpu",
         seed: int = 0,
@@ -184,6 +196,8 @@ class SAPGTrainer:
         self.sinks, self.hooks = list(sinks), list(hooks)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_minutes = checkpoint_minutes
+        self.keep_checkpoints = keep_checkpoints
         self.progress = progress
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -222,6 +236,8 @@ class SAPGTrainer:
         self.iteration = 0
         self.frames = 0
         self.metrics: dict[str, float] = {}  # the last iteration's (kept for a run that diverges)
+        self.time_s = 0.0  # training time of the iterations done, earlier sessions of a resumed run included
+        self.extra_state: dict = {}  # the caller's, saved with every checkpoint (e.g. the wandb run id)
         # last completed episode return of every env (NaN until its first episode ends)
         self.last_return = torch.full((layout.num_envs,), float("nan"), device=self.device)
         self.episodes = torch.zeros(layout.num_envs, dtype=torch.long, device=self.device)
@@ -395,57 +411,163 @@ class SAPGTrainer:
         return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
 
     # --------------------------------------------------------------------------------------- checkpoint
+    @property
+    def env_state_in_tensordict(self) -> bool:
+        """Whether the env's whole state travels in its tensordict, so that a checkpoint can hand it over: the
+        base env's ``state_in_tensordict`` attribute where it has one, else whether it is one of TorchRL's
+        stateless envs (``batch_locked`` false, e.g. ``PendulumEnv``). Other envs (envpool, Brax, IsaacGym)
+        restart from a reset when a run resumes."""
+        base = getattr(self.env, "base_env", self.env)
+        return bool(getattr(base, "state_in_tensordict", not base.batch_locked))
+
     def state_dict(self) -> dict:
+        """Everything the next iteration depends on: parameters and normaliser statistics (in the loss),
+        optimizer, learning-rate schedule, counters, episode trackers, the random generators (the trainer's,
+        the aggregator's, torch's global CPU and CUDA ones), the hooks' states (e.g. a
+        :class:`~sapg_torchrl.metrics.StateReservoir`), the env's state where it is in the collector's
+        tensordict (:attr:`env_state_in_tensordict`) and :attr:`extra_state`."""
+        carrier = self.collector._carrier  # the collector's current env tensordict
         return {
             "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.state_dict(),
             "iteration": self.iteration,
             "frames": self.frames,
-        }
+            "time_s": self.time_s,
+            "last_return": self.last_return.cpu(),
+            "episodes": self.episodes.cpu(),
+            "generator": self.generator.get_state(),
+            "aggregator_generator": None if self.aggregator is None or self.aggregator.generator is None
+            else self.aggregator.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "hooks": [hook.state_dict() if hasattr(hook, "state_dict") else None for hook in self.hooks],
+            "env": carrier.cpu() if self.env_state_in_tensordict else None,
+            "extra": dict(self.extra_state),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output: the next iteration is the one that followed it."""
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_schedule is not None and state["lr_schedule"] is not None:
             self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.iteration, self.frames = state["iteration"], state["frames"]
+        self.time_s = state.get("time_s", 0.0)
+        if "last_return" not in state:  # a checkpoint of the first versions: weights and counters only
+            return
+        self.last_return.copy_(state["last_return"])
+        self.episodes.copy_(state["episodes"])
+        self.generator.set_state(state["generator"])
+        if state["aggregator_generator"] is not None and self.aggregator is not None:
+            self.aggregator.generator.set_state(state["aggregator_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)
+        if state["env"] is not None and self.env_state_in_tensordict:
+            carrier = self.collector._carrier
+            carrier.update(state["env"].to(carrier.device) if carrier.device is not None else state["env"])
+        self.collector._frames, self.collector._iter = self.frames, self.iteration
+        self.extra_state = dict(state["extra"])
 
-    def save_checkpoint(self) -> Path | None:
-        """Writes ``run_dir/checkpoints/iter_XXXXXX.pt``; never overwrites an existing file."""
+    def save_checkpoint(self, final: bool = False) -> Path | None:
+        """Writes ``run_dir/checkpoints/[final_]iter_XXXXXX.pt`` atomically (see
+        :func:`~sapg_torchrl.checkpoint.save_checkpoint`); never overwrites an existing file."""
         if self.run_dir is None:
             return None
-        path = self.run_dir / "checkpoints" / f"iter_{self.iteration:06d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            raise FileExistsError(f"{path} exists already; refusing to overwrite it")
-        torch.save(self.state_dict(), path)
-        return path
+        return save_checkpoint(
+            self.state_dict(), self.run_dir / "checkpoints", self.iteration, final=final, keep=self.keep_checkpoints
+        )
 
     # --------------------------------------------------------------------------------------------- loop
     def train(self) -> dict[str, float]:
-        """Runs all iterations; returns the last iteration's metrics."""
+        """Runs the remaining iterations (all, or those after a loaded checkpoint); returns the last iteration's
+        metrics.
+
+        SIGTERM and SIGINT (a cluster's preemption, Ctrl-C) let the current iteration finish, then a checkpoint
+        is written and :class:`~sapg_torchrl.errors.Preempted` is raised; a second SIGINT stops at once. Under
+        submitit (the SLURM launcher) its preemption signal is caught the same way, then handed to submitit,
+        which requeues the job: the requeued job resumes from the checkpoint.
+        """
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_frames, unit="frame", unit_scale=True, disable=not self.progress)
-        start = time.perf_counter()
+        bar = tqdm(total=self.total_frames, initial=self.frames, unit="frame", unit_scale=True, disable=not self.progress)
+        start, frames_at_start, time_at_start = time.perf_counter(), self.frames, self.time_s
+        last_checkpoint = time.monotonic()
         metrics: dict[str, float] = {}
         try:
-            for data in self.collector:
-                losses = self.learn(self.prepare(data), data)
-                metrics = self.metrics = self._iteration_metrics(losses)
-                last = self.iteration == self.iterations
-                if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):
-                    metrics.update(self.evaluate())
-                elapsed = time.perf_counter() - start
-                metrics.update(iteration=self.iteration, frames=self.frames, time_s=elapsed, fps=self.frames / elapsed)
-                for sink in self.sinks:
-                    sink(metrics, self.iteration)
-                bar.update(data.numel())
-                bar.set_postfix(fps=f"{metrics['fps']:.0f}", leader_return=f"{metrics['return/leader']:.2f}")
-                if last or (self.checkpoint_interval and self.iteration % self.checkpoint_interval == 0):
-                    self.save_checkpoint()
+            with _stop_requests() as stop:
+                for data in self.collector:
+                    losses = self.learn(self.prepare(data), data)
+                    metrics = self.metrics = self._iteration_metrics(losses)
+                    last = self.iteration == self.iterations
+                    if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):
+                        metrics.update(self.evaluate())
+                    elapsed = time.perf_counter() - start
+                    self.time_s = time_at_start + elapsed
+                    fps = (self.frames - frames_at_start) / elapsed
+                    metrics.update(iteration=self.iteration, frames=self.frames, time_s=self.time_s, fps=fps)
+                    for sink in self.sinks:
+                        sink(metrics, self.iteration)
+                    bar.update(data.numel())
+                    bar.set_postfix(fps=f"{fps:.0f}", leader_return=f"{metrics['return/leader']:.2f}")
+                    due = (self.checkpoint_interval and self.iteration % self.checkpoint_interval == 0) or (
+                        self.checkpoint_minutes and time.monotonic() - last_checkpoint >= 60 * self.checkpoint_minutes
+                    )
+                    if last or due or stop.signum is not None:
+                        self.save_checkpoint(final=last)
+                        last_checkpoint = time.monotonic()
+                    if stop.signum is not None and not last:
+                        stop.hand_over()
+                        raise Preempted(stop.signum, self.iteration, self.run_dir)
         finally:
             bar.close()
             self.collector.shutdown()
         return metrics
+
+
+class _StopRequest:
+    signum: int | None = None
+    previous: dict = {}
+
+    def hand_over(self) -> None:
+        """Calls the handler that was there before for the signal received (submitit's, which requeues the job
+        and exits), if it was a Python one."""
+        handler = self.previous.get(self.signum)
+        if callable(handler) and self.signum != signal.SIGINT:
+            handler(self.signum, None)
+
+
+def _preemption_signals() -> tuple[int, ...]:
+    """SIGINT and SIGTERM; under submitit (SLURM) its preemption signal (USR2 unless set) instead of SIGTERM,
+    which submitit ignores on purpose: the handler it installed is called once the checkpoint is written."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return (signal.SIGINT, signal.SIGTERM)
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return (signal.SIGINT, getattr(signal, f"SIG{name}"))
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Records a preemption signal (see :func:`_preemption_signals`) instead of dying mid-iteration (main thread
+    only: elsewhere signals cannot be caught and nothing changes); a second SIGINT raises ``KeyboardInterrupt``
+    at once."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if signum == signal.SIGINT and stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    stop.previous = {sig: signal.signal(sig, request) for sig in _preemption_signals()}
+    try:
+        yield stop
+    finally:
+        for sig, handler in stop.previous.items():
+            signal.signal(sig, handler)

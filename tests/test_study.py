@@ -1,5 +1,6 @@
 """The one-command study: its sweep covers every ablation x 5 seeds, resumes, and has a SLURM preset."""
 
+import shutil
 import subprocess
 import sys
 
@@ -51,8 +52,9 @@ def _sweep(sweep_dir, *extra):
     )  # fmt: skip
 
 
-def test_study_reruns_skip_finished_and_redo_interrupted(tmp_path):
-    """A second run of the same command trains nothing new; an interrupted run is redone, its files kept."""
+def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
+    """A second run of the same command trains nothing new; an interrupted run with a checkpoint is resumed from
+    it, one without is redone with its files kept."""
     sweep_dir = tmp_path / "study"
     first = _sweep(sweep_dir)
     assert first.returncode == 0, first.stderr
@@ -61,15 +63,18 @@ def test_study_reruns_skip_finished_and_redo_interrupted(tmp_path):
         "no_split/seed0", "no_split/seed1", "sapg/seed0", "sapg/seed1",
     ]  # fmt: skip
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/seed*/metrics.csv")}
-    (sweep_dir / "sapg" / "seed1" / "result.json").unlink()  # as if that run had been killed
+    (sweep_dir / "sapg" / "seed1" / "result.json").unlink()  # killed after its final checkpoint
+    redone = sweep_dir / "sapg" / "seed0"
+    (redone / "result.json").unlink()  # killed before its first checkpoint
+    shutil.rmtree(redone / "checkpoints")
 
     second = _sweep(sweep_dir)
     assert second.returncode == 0, second.stderr
-    redone = sweep_dir / "sapg" / "seed1"
     assert (redone / "result.json").exists() and (redone / "interrupted-0" / "metrics.csv").exists()
+    assert (sweep_dir / "sapg" / "seed1" / "result.json").exists()
     for path, stamp in stamps.items():
         if redone not in path.parents:
-            assert path.stat().st_mtime_ns == stamp  # finished runs were skipped, not retrained
+            assert path.stat().st_mtime_ns == stamp  # finished (or fully checkpointed) runs were not retrained
 
 
 def test_a_crashed_run_loses_nothing_of_the_others(tmp_path):

@@ -64,7 +64,7 @@ def test_tiny_run_writes_its_folder(tiny_cfg, tmp_path, variant):
         assert all(row["train/loss_entropy"] == 0 for row in rows)
 
     checkpoints = sorted((run_dir / "checkpoints").glob("*.pt"))
-    assert [p.name for p in checkpoints] == ["iter_000010.pt"]
+    assert [p.name for p in checkpoints] == ["final_iter_000010.pt"]
     state = torch.load(checkpoints[0], weights_only=False)
     assert state["iteration"] == iterations and state["frames"] == cfg.total_frames
     assert any(k.startswith("actor_network_params") for k in state["loss"])
