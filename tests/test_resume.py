@@ -189,25 +189,33 @@ def test_sigterm_writes_a_checkpoint_and_exits_non_zero(tmp_path):
         ("empty", "resume={d}: not a run folder (no config.yaml)"),
         ("no_checkpoint", "resume={d}: no readable checkpoint in {d}/checkpoints"),
         ("experiment", "resume={d}: env.num_envs=24, ablation=disjoint would change the experiment"),
+        ("lower_budget", "total_frames=96 is below the 480 frames {d} has done: use at least 480"),
     ],
 )
-def test_bad_resume_inputs_get_one_line(tiny_cfg, tmp_path, case, message):
+def test_bad_resume_inputs_are_refused(tiny_cfg, tmp_path, case, message):
+    from sapg_torchrl.config import resume_config
+
     run_dir = tmp_path / "run"
-    extra = []
+    overrides = {"experiment": ["env.num_envs=24", "ablation=disjoint"], "lower_budget": ["total_frames=96"]}
     if case == "empty":
         run_dir.mkdir()
-    elif case in ("no_checkpoint", "experiment"):
+    elif case != "missing":
         train(tiny_cfg(), run_dir)
         if case == "no_checkpoint":
             (run_dir / "result.json").unlink()
             for path in checkpoint_paths(run_dir / "checkpoints"):
                 path.unlink()
-        extra = ["env.num_envs=24", "ablation=disjoint"] if case == "experiment" else []
-    done = recipe(f"resume={run_dir}", *extra, f"hydra.run.dir={tmp_path / 'resume'}")
+        if case == "lower_budget":
+            (run_dir / "result.json").unlink()
+    with pytest.raises(ConfigError) as error:
+        train(resume_config(run_dir, overrides.get(case, [])), run_dir, resume=True)
+    assert str(error.value).startswith(message.format(d=run_dir))
+
+
+def test_a_bad_resume_is_one_line_on_the_command_line(tmp_path):
+    done = recipe(f"resume={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'resume'}")
     _, err = done.communicate(timeout=120)
-    assert done.returncode == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: " + message.format(d=run_dir)), err[-2000:]
+    assert done.returncode == 2 and err.strip().splitlines() == [f"error: resume={tmp_path / 'nothing'}: no such run folder"]
 
 
 def test_under_submitit_the_preemption_signal_checkpoints_then_goes_to_submitit(tiny_cfg, tmp_path, monkeypatch):
