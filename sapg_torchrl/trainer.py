@@ -530,8 +530,9 @@ class SAPGTrainer:
 
 
 class _StopRequest:
-    signum: int | None = None
-    previous: dict = {}
+    def __init__(self):
+        self.signum: int | None = None  # the signal received, if any
+        self.previous: dict = {}  # signal -> the handler installed before ours
 
     def hand_over(self) -> None:
         """Calls the handler that was there before for the signal received (submitit's, which requeues the job

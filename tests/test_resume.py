@@ -34,6 +34,24 @@ def without_timing(table):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
 
 
+def at_row(monkeypatch, iteration, action):
+    """Makes the metrics sink call ``action()`` right after writing the row of ``iteration`` (a crash, a signal);
+    returns the function that undoes it."""
+    write = CSVSink.__call__
+
+    def patched(self, metrics, it):
+        write(self, metrics, it)
+        if it == iteration:
+            action()
+
+    monkeypatch.setattr(CSVSink, "__call__", patched)
+    return lambda: monkeypatch.setattr(CSVSink, "__call__", write)
+
+
+def crash():
+    raise RuntimeError("killed")
+
+
 def final_state(run_dir):
     (path,) = [p for p in checkpoint_paths(run_dir / "checkpoints") if p.name.startswith("final_")]
     return torch.load(path, weights_only=False)
@@ -48,17 +66,10 @@ def test_resume_is_exact(tiny_cfg, tmp_path, monkeypatch, variant):
     cfg = tiny_cfg(*POINT_MASS, "train.checkpoint_interval=1", "train.record_states=20", *variant)
     train(cfg, tmp_path / "whole")
 
-    write = CSVSink.__call__
-
-    def crash_after_row_6(self, metrics, iteration):
-        write(self, metrics, iteration)
-        if iteration == 6:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(CSVSink, "__call__", crash_after_row_6)
+    undo = at_row(monkeypatch, 6, crash)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, tmp_path / "cut")
-    monkeypatch.setattr(CSVSink, "__call__", write)
+    undo()
     assert [p.name for p in checkpoint_paths(tmp_path / "cut" / "checkpoints")] == [
         "iter_000003.pt", "iter_000004.pt", "iter_000005.pt"
     ]  # fmt: skip
@@ -224,14 +235,7 @@ def test_under_submitit_the_preemption_signal_checkpoints_then_goes_to_submitit(
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     handed = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: handed.append(signum))
-    write = CSVSink.__call__
-
-    def preempted_at_3(self, metrics, iteration):
-        write(self, metrics, iteration)
-        if iteration == 3:
-            os.kill(os.getpid(), signal.SIGUSR2)
-
-    monkeypatch.setattr(CSVSink, "__call__", preempted_at_3)
+    undo = at_row(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGUSR2))
     try:
         from sapg_torchrl.errors import Preempted
 
@@ -241,23 +245,16 @@ def test_under_submitit_the_preemption_signal_checkpoints_then_goes_to_submitit(
         signal.signal(signal.SIGUSR2, previous)
     assert handed == [signal.SIGUSR2]
     assert checkpoint_paths(tmp_path / "run" / "checkpoints")[-1].name == "iter_000003.pt"
-    monkeypatch.setattr(CSVSink, "__call__", write)
+    undo()
     assert train(tiny_cfg(), tmp_path / "run")["iteration"] == 10
 
 
 def test_wandb_continues_the_same_run(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg(*POINT_MASS, "logger.wandb=true", "logger.mode=offline", "train.checkpoint_interval=1")
-    write = CSVSink.__call__
-
-    def crash_at_4(self, metrics, iteration):
-        write(self, metrics, iteration)
-        if iteration == 4:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(CSVSink, "__call__", crash_at_4)
+    undo = at_row(monkeypatch, 4, crash)
     with pytest.raises(RuntimeError):
         train(cfg, tmp_path / "run")
-    monkeypatch.setattr(CSVSink, "__call__", write)
+    undo()
     first = load_newest_checkpoint(tmp_path / "run" / "checkpoints")[1]["extra"]["wandb_run_id"]
     train(cfg, tmp_path / "run")
     assert final_state(tmp_path / "run")["extra"]["wandb_run_id"] == first
