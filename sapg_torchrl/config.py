@@ -26,12 +26,13 @@ from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
 from sapg_torchrl.trainer import SAPGTrainer
 
-__all__ = ["build_trainer", "experiment_changes", "prepare_run_dir", "resume_config", "train"]
+__all__ = ["Agent", "build_agent", "build_trainer", "experiment_changes", "prepare_run_dir", "resume_config", "train"]
 
 log = logging.getLogger(__name__)
 
 
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
+    """The torch device of a ``device`` setting (``auto``: CUDA if there is one); :class:`ConfigError` if unusable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -43,18 +44,21 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=()) -> SAPGTrainer:
-    """Everything one run needs, from the config of ``recipes/config/sapg.yaml``."""
-    s, net, ppo, e = cfg.sapg, cfg.network, cfg.ppo, cfg.env
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
-    layout = BlockLayout(e.num_envs, s.num_blocks, s.leader)
-    make_base = instantiate(e.make, _partial_=True)
-    env = make_sapg_env(
-        make_base(num_envs=layout.num_envs, seed=cfg.seed),
-        layout.block_ids(),
-        reward_scale=e.reward_scale,
-    )
+@dataclass
+class Agent:
+    """The networks and the loss of a run (the loss holds every parameter and normaliser statistic)."""
+
+    actor: object
+    critic: object
+    loss: SAPGLoss
+    value_norm: RunningValueNorm | None
+    observation_norm: RunningValueNorm | None
+
+
+def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device) -> Agent:
+    """The actor, critic and :class:`~sapg_torchrl.SAPGLoss` of ``cfg`` for ``env`` (a SAPG env; a recurrent
+    policy's state tracking is added to it). A checkpoint's ``"loss"`` entry loads into ``Agent.loss``."""
+    s, net, ppo = cfg.sapg, cfg.network, cfg.ppo
     observation_dim = env.observation_spec["observation"].shape[-1]
     value_norm = RunningValueNorm().to(device) if ppo.value_norm else None
     observation_norm = RunningValueNorm(shape=observation_dim).to(device) if ppo.observation_norm else None
@@ -94,6 +98,24 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         clip_value=ppo.clip_value,
     ).to(device)  # fmt: skip
     loss.make_value_estimator(ValueEstimators.GAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
+    return Agent(actor, critic, loss, value_norm, observation_norm)
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=()) -> SAPGTrainer:
+    """Everything one run needs, from the config of ``recipes/config/sapg.yaml``."""
+    s, ppo, e = cfg.sapg, cfg.ppo, cfg.env
+    torch.manual_seed(cfg.seed)
+    device = device_of(cfg.device)
+    layout = BlockLayout(e.num_envs, s.num_blocks, s.leader)
+    make_base = instantiate(e.make, _partial_=True)
+    env = make_sapg_env(
+        make_base(num_envs=layout.num_envs, seed=cfg.seed),
+        layout.block_ids(),
+        reward_scale=e.reward_scale,
+    )
+    agent = build_agent(cfg, env, layout, device)
+    actor, critic, loss = agent.actor, agent.critic, agent.loss
+    value_norm, observation_norm = agent.value_norm, agent.observation_norm
     aggregator = None
     if s.aggregation != "none":
         aggregator = Aggregator(

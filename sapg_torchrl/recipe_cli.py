@@ -56,7 +56,7 @@ def check_override_keys(argv: Sequence[str], config_dir: str | Path, config_name
     for key in settings:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node:
+        if isinstance(node, DictConfig) and leaf in node.keys():  # (`in node` is false for a ??? value)
             continue
         where = f"under '{parent}'" if parent else "at the top level"
         accepted = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none (not a section)"
