@@ -106,8 +106,9 @@ def evaluate_run(
         device (str): where the policy runs. Defaults to ``"cpu"``.
 
     Returns:
-        ``{"checkpoint", "iteration", "frames", "episodes", "deterministic", "blocks": {block: {"return_mean",
-        "return_std", "completed", "success_rate"}}}``: the first complete episode of each env; ``completed`` counts
+        A dict with ``checkpoint``, ``iteration``, ``frames``, ``episodes``, ``deterministic`` and ``blocks``:
+        block -> ``return_mean``, ``return_std``, ``completed``, ``success_rate``, over the first complete
+        episode of each env; ``completed`` counts
         the envs that completed one within the preset's ``eval_steps``; ``success_rate`` where the env reports a
         ``success`` entry (``None`` otherwise).
     """
