@@ -258,3 +258,26 @@ def test_tuned_ppo_is_the_best_point_of_the_entropy_grid(synthetic, tmp_path):
     text = write_report(study, tmp_path / "report", "report", reps=200, diversity=False).read_text()
     assert "ppo_entropy (tuned PPO)" in _table_rows(text, "## Asymptotic performance")
     assert "against the tuned PPO baseline (`ppo_entropy`)" in text and "against the paper's PPO (`no_split`)" in text
+
+
+@pytest.mark.slow  # two full reports in a subprocess: minutes on 2 cores; the aggregate's numbers are a doctest
+def test_report_across_two_tasks(synthetic, tmp_path):
+    """Two study folders (tasks): a report each, and the cross-task aggregate of min-max normalised scores."""
+    second = tmp_path / "toy_b"
+    shutil.copytree(synthetic, second)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "report.py"), str(synthetic), str(second), "--out",
+         str(tmp_path / "out"), "--reps", "100"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "toy" / "report.md").exists() and (tmp_path / "out" / "toy_b" / "report.md").exists()
+    text = (tmp_path / "out" / "across_tasks.md").read_text()
+    rows = _table_rows(text.split("| variant |", 1)[1].join(["## x\n| variant |", ""]), "## x")
+    assert rows["sapg"][:2] == ["5", "1 [1, 1]"]  # at the best score in both tasks
+    assert rows["symmetric"][1:] == ["0 [0, 0]", "1 [1, 1]"]  # at the floor in both tasks
+    assert (tmp_path / "out" / "across_tasks.png").stat().st_size > 1000
+    alone = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(synthetic), str(second)],
+                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert alone.returncode == 2 and alone.stderr.strip().endswith("several study folders need --out "
+                                                                    "(where the per-task and cross-task reports go)")

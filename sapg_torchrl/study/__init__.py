@@ -2,7 +2,8 @@
 
 :func:`load_study` reads the runs (:mod:`~sapg_torchrl.study.runs`); :func:`summarize` computes every number
 of the report (spec section 3, :mod:`~sapg_torchrl.study.summary`); :func:`write_report` writes ``report.md``
-and PNG plots (:mod:`~sapg_torchrl.study.render`)::
+and PNG plots (:mod:`~sapg_torchrl.study.render`); :func:`aggregate_tasks` aggregates several tasks' studies
+(:mod:`~sapg_torchrl.study.tasks`)::
 
     from sapg_torchrl.study import load_study, write_report
     study = load_study("runs/study/mountaincar")
@@ -18,7 +19,9 @@ Needs ``rliable``, ``pandas`` and ``matplotlib`` (the ``study`` extra).
 from sapg_torchrl.study.render import default_study_command, write_report
 from sapg_torchrl.study.runs import VARIANT_ORDER, Run, Study, load_study
 from sapg_torchrl.study.summary import Summary, summarize
+from sapg_torchrl.study.tasks import CrossTask, aggregate_tasks, write_cross_task_report
 
 __all__ = [
-    "VARIANT_ORDER", "Run", "Study", "Summary", "default_study_command", "load_study", "summarize", "write_report",
+    "VARIANT_ORDER", "CrossTask", "Run", "Study", "Summary", "aggregate_tasks", "default_study_command",
+    "load_study", "summarize", "write_cross_task_report", "write_report",
 ]  # fmt: skip

@@ -1,0 +1,139 @@
+"""Across tasks: one aggregate of several studies (one study folder per task), with rliable's conventions.
+
+Each task's final scores (the leader's return over the last 10% of the budget, per run) are min-max normalised
+with that task's own range: 0 is the lowest leader return any run of the task logged (:attr:`Study.floor`), 1 the
+best variant's IQM final score on the task (:attr:`Summary.high`). Then, per variant present in every task, the
+``(n_runs, n_tasks)`` matrix of normalised scores gives the IQM over all runs and tasks and the probability of
+improvement of ``sapg`` over the variant averaged over tasks, both with 95% stratified-bootstrap intervals
+(runs resampled within each task). A variant needs the same number of runs in every task: the seeds it has in
+all of them are used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sapg_torchrl.metrics import iqm_with_ci, probability_of_improvement
+from sapg_torchrl.study.runs import REFERENCE, Study
+from sapg_torchrl.study.summary import Interval, Summary
+
+__all__ = ["CrossTask", "aggregate_tasks", "write_cross_task_report"]
+
+
+@dataclass
+class CrossTask:
+    """The aggregate of several tasks' studies.
+
+    Attributes:
+        tasks (list of str): the tasks (study folder names), in the order given.
+        ranges (dict): task -> ``(low, high)`` of its normalisation.
+        scores (dict): variant -> ``(n_runs, n_tasks)`` normalised final scores (rows: the seeds in common).
+        seeds (dict): variant -> the seeds used.
+        iqm (dict): variant -> ``(iqm, low, high)`` over all runs and tasks.
+        poi (dict): variant -> ``P(sapg > variant)`` averaged over tasks, ``(p, low, high)``.
+        notes (list of str): variants left out, and why.
+    """
+
+    tasks: list[str]
+    ranges: dict[str, tuple[float, float]]
+    scores: dict[str, np.ndarray]
+    seeds: dict[str, list[int]]
+    iqm: dict[str, Interval]
+    poi: dict[str, Interval]
+    notes: list[str] = field(default_factory=list)
+
+
+def aggregate_tasks(tasks: dict[str, tuple[Study, Summary]], *, reps: int = 2000, seed: int = 0) -> CrossTask:
+    """The cross-task aggregate of ``{task: (study, summary)}`` (each from :func:`~sapg_torchrl.study.load_study`
+    and :func:`~sapg_torchrl.study.summarize`).
+
+    Examples:
+        >>> import numpy as np
+        >>> from types import SimpleNamespace as S
+        >>> def task(sapg, ppo):  # a stand-in for a study and its summary: seeds 0..2, floor 0, best IQM 10
+        ...     runs = {v: [S(seed=k) for k in range(3)] for v in ("sapg", "no_split")}
+        ...     per_run = {"sapg": {"final": np.array(sapg)}, "no_split": {"final": np.array(ppo)}}
+        ...     return S(runs=runs, floor=0.0), S(per_run=per_run, high=10.0)
+        >>> out = aggregate_tasks({"a": task([10, 10, 10], [0, 5, 10]), "b": task([8, 10, 10], [0, 0, 5])}, reps=100)
+        >>> out.scores["no_split"].tolist()
+        [[0.0, 0.0], [0.5, 0.0], [1.0, 0.5]]
+        >>> round(out.poi["no_split"][0], 4)  # task a: 7.5 of 9 pairs (a tie counts 1/2), task b: 9 of 9
+        0.9167
+    """
+    names = list(tasks)
+    ranges = {name: (float(study.floor), float(summary.high)) for name, (study, summary) in tasks.items()}
+    notes: list[str] = []
+    common = [v for v in next(iter(tasks.values()))[0].runs if all(v in study.runs for study, _ in tasks.values())]
+    missing = sorted({v for study, _ in tasks.values() for v in study.runs} - set(common))
+    if missing:
+        notes.append(f"not in every task, left out: {', '.join(missing)}")
+    bad = [name for name, (low, high) in ranges.items() if not high > low]
+    if bad:
+        raise ValueError(f"no normalisation range (best IQM not above the floor) for: {', '.join(bad)}")
+    scores, seeds = {}, {}
+    for variant in common:
+        shared = sorted(set.intersection(*({r.seed for r in study.runs[variant]} for study, _ in tasks.values())))
+        columns = []
+        for name, (study, summary) in tasks.items():
+            by_seed = dict(zip((r.seed for r in study.runs[variant]), summary.per_run[variant]["final"], strict=True))
+            low, high = ranges[name]
+            columns.append([(by_seed[k] - low) / (high - low) for k in shared])
+        matrix = np.array(columns, dtype=np.float64).T.reshape(len(shared), len(names))
+        if not shared or not np.isfinite(matrix).all():
+            notes.append(f"{variant}: no seed with a finite final score in every task, left out")
+            continue
+        scores[variant], seeds[variant] = matrix, shared
+    iqm = iqm_with_ci(scores, reps=reps, seed=seed)
+    poi = {}
+    if REFERENCE in scores:
+        poi = {v: probability_of_improvement(scores[REFERENCE], s, reps=reps, seed=seed)
+               for v, s in scores.items() if v != REFERENCE}  # fmt: skip
+    return CrossTask(names, ranges, scores, seeds, iqm, poi, notes)
+
+
+def _ci(interval: Interval) -> str:
+    point, low, high = interval
+    return "n/a" if not math.isfinite(point) else f"{point:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def write_cross_task_report(cross: CrossTask, out_dir: str | Path, command: str) -> Path:
+    """Writes ``across_tasks.md`` and ``across_tasks.png`` (normalised IQM per variant) in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = list(cross.scores)
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.45 * len(variants)))
+    for y, variant in enumerate(variants[::-1]):
+        point, low, high = cross.iqm[variant]
+        ax.plot([low, high], [y, y], lw=6, alpha=0.5, solid_capstyle="butt")
+        ax.plot([point], [y], marker="|", ms=16, mew=2.5, color="black")
+    ax.set_yticks(range(len(variants)), variants[::-1])
+    ax.set_xlabel("IQM of min-max normalised final return [95% CI]")
+    ax.set_title(f"across {len(cross.tasks)} tasks: {', '.join(cross.tasks)}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "across_tasks.png", dpi=120)
+    plt.close(fig)
+    lines = [f"# SAPG ablation study across tasks: {', '.join(cross.tasks)}", "", "```bash", command, "```", "",
+             "Per task, final scores (the leader's return over the last 10% of the budget) are mapped to [0, 1] by "
+             "the task's lowest logged leader return and its best variant's IQM final score; then rliable's IQM "
+             "over all runs and tasks and the probability of improvement of `sapg`, averaged over tasks, with 95% "
+             "stratified-bootstrap intervals (runs resampled within each task).", "",
+             "| task | low | high |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {task} | {low:.4g} | {high:.4g} |" for task, (low, high) in cross.ranges.items()]
+    lines += ["", f"| variant | seeds | normalised IQM [95% CI] | P({REFERENCE} > variant) [95% CI] |", "|---|---|---|---|"]
+    for variant in variants:
+        poi = "–" if variant not in cross.poi else _ci(cross.poi[variant])
+        lines.append(f"| {variant} | {len(cross.seeds[variant])} | {_ci(cross.iqm[variant])} | {poi} |")
+    lines += [""] + [f"- Note: {note}" for note in cross.notes] + ["", "![across tasks](across_tasks.png)", ""]
+    path = out_dir / "across_tasks.md"
+    path.write_text("\n".join(lines))
+    return path
