@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import REPO
 from sapg_torchrl import ConfigError
