@@ -89,20 +89,24 @@ def test_finished_run_with_other_config_is_refused(repo_root, tmp_path, tiny_cfg
     run_dir = tmp_path / "run"
     train(tiny_cfg(), run_dir)
     files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match=r"another experiment \(seed: 0 -> 7\)"):
         train(tiny_cfg("seed=7"), run_dir)
     result = run_recipe(repo_root, *tiny_overrides, "seed=7", f"hydra.run.dir={run_dir}")
     assert_one_line_error(result, str(run_dir), "hydra.run.dir")
     assert {p: p.read_bytes() for p in files} == files
 
 
-def test_interrupted_run_is_moved_aside_and_redone(tmp_path, tiny_cfg):
-    """An unfinished run's files are moved (not deleted) to interrupted-0/ and the run starts again."""
+def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, tiny_cfg):
+    """An unfinished run with no checkpoint has its files moved (not deleted) to interrupted-0/ and starts again
+    (one with a checkpoint resumes from it: tests/test_resume.py)."""
+    import shutil
+
     from sapg_torchrl.config import train
 
     run_dir = tmp_path / "run"
     train(tiny_cfg(), run_dir)
-    (run_dir / "result.json").unlink()  # as if the run had died before finishing
+    (run_dir / "result.json").unlink()  # as if the run had died before its first checkpoint
+    shutil.rmtree(run_dir / "checkpoints")
     partial = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     train(tiny_cfg(), run_dir)
     aside = run_dir / "interrupted-0"
