@@ -336,7 +336,7 @@ def autoencoder_reconstruction_error(
     Examples:
         >>> states = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
         >>> errors = autoencoder_reconstruction_error({"a": states}, bottlenecks=(1, 4), epochs=5)
-        >>> sorted(errors["a"]), all(math.isfinite(e) for e in errors["a"].values())
+        >>> sorted(errors["a"]), all(np.isfinite(e) for e in errors["a"].values())
         ([1, 4], True)
     """
     normalised = _shared_normalisation(states_by_variant, seed, max_states)
