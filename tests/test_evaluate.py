@@ -34,6 +34,7 @@ def test_every_block_on_fresh_envs(run_dir):
     assert named["iteration"] == 5
 
 
+@pytest.mark.slow  # renders with pygame in a subprocess: ~30 s
 def test_recipe_prints_writes_eval_json_and_a_video(run_dir):
     done = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "evaluate.py"), f"run={run_dir}", "episodes=2", "video=true"],
