@@ -64,11 +64,14 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> tuple[DictCo
     return OmegaConf.load(run_dir / "config.yaml"), path, state
 
 
-def _agent(cfg: DictConfig, state: dict, env, device) -> tuple[Agent, BlockLayout]:
-    layout = BlockLayout(cfg.env.num_envs, cfg.sapg.num_blocks, cfg.sapg.leader)
-    agent = build_agent(cfg, env, layout, device)
+def _layout(cfg: DictConfig) -> BlockLayout:
+    return BlockLayout(cfg.env.num_envs, cfg.sapg.num_blocks, cfg.sapg.leader)
+
+
+def _agent(cfg: DictConfig, state: dict, env, device) -> Agent:
+    agent = build_agent(cfg, env, _layout(cfg), device)
     agent.loss.load_state_dict(state["loss"])
-    return agent, layout
+    return agent
 
 
 def _blocks(spec: str | int, layout: BlockLayout) -> list[int]:
@@ -117,13 +120,12 @@ def evaluate_run(
     cfg, path, state = load_run(run_dir, checkpoint)
     torch.manual_seed(seed)
     device = device_of(device)
-    probe = BlockLayout(cfg.env.num_envs, cfg.sapg.num_blocks, cfg.sapg.leader)
-    chosen = _blocks(blocks, probe)
+    chosen = _blocks(blocks, _layout(cfg))
     block_ids = torch.tensor(chosen).repeat_interleave(episodes)
     make_base = instantiate(cfg.env.make, _partial_=True)
     env = make_sapg_env(make_base(num_envs=len(block_ids), seed=seed + 2_000_000), block_ids,
                         reward_scale=cfg.env.reward_scale)  # fmt: skip
-    agent, _ = _agent(cfg, state, env, device)
+    agent = _agent(cfg, state, env, device)
     exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     with set_exploration_type(exploration):
         rollout = env.rollout(cfg.env.eval_steps, agent.actor, break_when_any_done=False)
@@ -187,9 +189,9 @@ def record_video(
     torch.manual_seed(seed)
     make_base = instantiate(cfg.env.make, _partial_=True)
     probe_env = make_sapg_env(make_base(num_envs=1, seed=seed), torch.zeros(1, dtype=torch.long))
-    agent, layout = _agent(cfg, state, probe_env, torch.device("cpu"))
+    agent = _agent(cfg, state, probe_env, torch.device("cpu"))
     probe_env.close()
-    (chosen,) = _blocks(block, layout)
+    (chosen,) = _blocks(block, _layout(cfg))
     observation, _ = env.reset(seed=seed)
     frames, total, steps = [env.render()], 0.0, 0
     memory = TensorDict({}, batch_size=[1])
