@@ -7,7 +7,7 @@
 
 Variants, all built in one process and measured side by side:
 
-- ``sapg``: :func:`sapg_torchrl.config.build_trainer` on ``recipes/config/sapg.yaml`` composed with
+- ``sapg``: :func:`sapg_torchrl.config.build_trainer` on ``sapg_torchrl/configs/sapg.yaml`` composed with
   ``ablation=sapg`` (M blocks, leader-follower relabelled rows, shared trunk + phi).
 - ``no_split``: the same with ``ablation=no_split`` (M = 1, no relabelled rows: PPO at scale through
   the same trainer).
@@ -53,7 +53,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
-CONFIG_DIR = REPO / "recipes" / "config"
+from sapg_torchrl.cli import CONFIG_DIR  # noqa: E402
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -70,7 +70,7 @@ from sapg_torchrl.config import build_trainer  # noqa: E402
 from sapg_torchrl.envs import make_sapg_env  # noqa: E402
 from sapg_torchrl.errors import ConfigError  # noqa: E402
 from sapg_torchrl.nn import ACTIVATIONS  # noqa: E402
-from sapg_torchrl.recipe_cli import check_group_choices, exit_on_config_error  # noqa: E402
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error  # noqa: E402
 from sapg_torchrl.targets import standardize_advantage  # noqa: E402
 
 PHASES = ("collect", "targets", "update")
@@ -78,7 +78,7 @@ PHASES = ("collect", "targets", "update")
 
 # ------------------------------------------------------------------------------------------------ config
 def compose_config(ablation: str, args: argparse.Namespace) -> DictConfig:
-    """``recipes/config/sapg.yaml`` with the benchmark's overrides (what ``recipes/sapg.py`` would get)."""
+    """``sapg_torchrl/configs/sapg.yaml`` with the benchmark's overrides (what ``recipes/sapg.py`` would get)."""
     overrides = [
         f"ablation={ablation}",
         "logger.wandb=false",
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5, help="timed iterations per variant and round (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per variant and round (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--env", default=None, help="env config group (recipes/config/env); default: the config's")
+    p.add_argument("--env", default=None, help="env config group (sapg_torchrl/configs/env); default: the config's")
     p.add_argument("--no-disjoint", action="store_true", help="skip the disjoint ablation line")
     p.add_argument(
         "--threads", type=int, default=None,
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     if args.env is not None:
-        check_group_choices([f"env={args.env}"], CONFIG_DIR, groups=("env",))
+        check_command_line([f"env={args.env}"], "sapg")
 
     if args.threads is not None:
         if args.threads < 1:

@@ -1,65 +1,15 @@
-"""Evaluate and watch a trained run.
+"""Evaluate and watch a trained run (``sapg-evaluate`` once installed).
 
-    python recipes/evaluate.py run=runs/2026-11-27/10-00-00-000000_mountaincar_sapg_seed0
-    python recipes/evaluate.py run=<run folder> blocks=all episodes=32 deterministic=false
-    python recipes/evaluate.py run=<run folder> video=true checkpoint=iter_000050.pt
-
-Prints each block's mean return (and success rate where the task reports one) over one episode on each of
-``episodes`` fresh envs, and writes them to ``<run>/eval.json`` (an earlier ``eval.json`` is kept as
-``eval.previous[-n].json``). ``video=true`` renders one episode to ``<run>/videos/*.gif`` where gymnasium can
-render the task (see ``sapg_torchrl.evaluation``). Bad input exits with status 2 and a one-line message.
+Runs from a checkout without installing; the job, its options and examples: :mod:`sapg_torchrl.cli.evaluate`
+(``python recipes/evaluate.py --help``).
 """
 
-from __future__ import annotations
-
-import json
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from sapg_torchrl.recipe_cli import check_override_keys, exit_on_config_error  # noqa: E402
-
-CONFIG_DIR = Path(__file__).parent / "config"
-
-
-def run(cfg: DictConfig) -> dict:
-    from sapg_torchrl.evaluation import evaluate_run, record_video
-    from sapg_torchrl.logging import aside
-
-    with exit_on_config_error():
-        result = evaluate_run(
-            cfg.run, checkpoint=cfg.checkpoint, episodes=cfg.episodes, blocks=cfg.blocks,
-            deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device,
-        )  # fmt: skip
-        kind = "deterministic" if cfg.deterministic else "stochastic"
-        print(f"{cfg.run}: {result['checkpoint']} (iteration {result['iteration']}, {result['frames']} frames), "
-              f"{kind} actions, {cfg.episodes} episodes per block")  # fmt: skip
-        for block, numbers in result["blocks"].items():
-            success = "" if numbers["success_rate"] is None else f", success rate {numbers['success_rate']:.2f}"
-            print(f"  block {block}: return {numbers['return_mean']:.2f} +- {numbers['return_std']:.2f} "
-                  f"({numbers['completed']}/{cfg.episodes} episodes completed{success})")  # fmt: skip
-        if cfg.video:
-            block = cfg.blocks if isinstance(cfg.blocks, int) else "leader"
-            video = record_video(cfg.run, cfg.video_path, checkpoint=cfg.checkpoint, block=block,
-                                 deterministic=cfg.deterministic, seed=cfg.seed)  # fmt: skip
-            print(f"  video: {video['path']} (block {video['block']}, return {video['return']:.2f}, {video['steps']} steps)")
-            result["video"] = video
-    target = Path(cfg.run) / "eval.json"
-    if target.exists():
-        target.rename(aside(target, "previous"))
-    target.write_text(json.dumps({**result, "blocks": {str(b): v for b, v in result["blocks"].items()}}, indent=1))
-    return result
-
-
-main = hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")(run)
+from sapg_torchrl.cli.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
-    if not any(arg.startswith("run=") for arg in sys.argv[1:]):
-        print("error: run=<run folder> is required (the folder of a training run)", file=sys.stderr)
-        raise SystemExit(2)
-    check_override_keys(sys.argv[1:], CONFIG_DIR, "evaluate", groups=())
     main()

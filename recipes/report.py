@@ -1,72 +1,15 @@
-"""Write the ablation study's report: tables (IQM with 95% bootstrap intervals), findings and plots.
+"""Write a study's report: tables, findings and plots (``sapg-report`` once installed).
 
-    python recipes/report.py runs/study/mountaincar                  # -> runs/study/mountaincar/report/report.md
-    python recipes/report.py runs/study/mountaincar --out reports/mc --study-command "python recipes/study.py"
-    python recipes/report.py runs/study/mountaincar runs/study/hopper --out reports/all   # several tasks
-
-Reads the finished runs of a study folder written by ``recipes/study.py`` (``<ablation>/seed<k>/``;
-unfinished ones are skipped with a warning) and prints the path of ``report.md``. With several folders (one
-per task) each gets its report in ``<out>/<folder name>/`` and ``<out>/across_tasks.md`` aggregates them
-(:mod:`sapg_torchrl.study.tasks`). A folder that does not exist or holds no finished run exits with status 2 and
-a one-line error.
+Runs from a checkout without installing; the job, its options and examples: :mod:`sapg_torchrl.cli.report`
+(``python recipes/report.py --help``).
 """
 
-from __future__ import annotations
-
-import argparse
-import shlex
 import sys
-import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 
-
-def main(argv: list[str] | None = None) -> Path:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description="Write report.md and plots for a study folder.")
-    parser.add_argument("folders", type=Path, nargs="+", help="the study folder(s) (runs/study/<name>), one per task")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <folder>/report; required with several folders)")
-    parser.add_argument("--study-command", default=None,
-                        help="the command that ran the study, for the header (default: rebuilt from the runs)")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default: 2000)")
-    parser.add_argument("--max-states", type=int, default=None,
-                        help="cap on the states per variant for the diversity measures (default: all)")
-    args = parser.parse_args(argv)
-
-    from sapg_torchrl.study import aggregate_tasks, load_study, summarize, write_cross_task_report, write_report
-
-    several = len(args.folders) > 1
-    if several and args.out is None:
-        print("error: several study folders need --out (where the per-task and cross-task reports go)", file=sys.stderr)
-        raise SystemExit(2)
-    command = "python recipes/report.py " + shlex.join(argv)
-    studies = {}
-    for folder in args.folders:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                studies[folder.name] = load_study(folder)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        for warning in caught:  # skipped (unfinished) runs: one line each, not a source excerpt
-            print(f"warning: {warning.message}", file=sys.stderr)
-    if len(studies) != len(args.folders):
-        print("error: two study folders have the same name: each names its task", file=sys.stderr)
-        raise SystemExit(2)
-    for name, study in studies.items():
-        out = (args.out / name if several else args.out) or study.folder / "report"
-        path = write_report(study, out, command, study_command=args.study_command, reps=args.reps,
-                            max_states=args.max_states)  # fmt: skip
-        print(path)
-    if several:
-        summaries = {name: (study, summarize(study, reps=args.reps, diversity=False)) for name, study in studies.items()}
-        path = write_cross_task_report(aggregate_tasks(summaries, reps=args.reps), args.out, command)
-        print(path)
-    return path
-
+from sapg_torchrl.cli.report import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

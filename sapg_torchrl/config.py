@@ -1,4 +1,5 @@
-"""Builds a :class:`~sapg_torchrl.trainer.SAPGTrainer` from the recipes' Hydra config."""
+"""Builds a :class:`~sapg_torchrl.trainer.SAPGTrainer` from the recipes' Hydra config (schema:
+:mod:`sapg_torchrl.schema`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torchrl.modules.value_norm import RunningValueNorm
 from torchrl.objectives import ValueEstimators
 
@@ -19,11 +21,13 @@ from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
 from sapg_torchrl.checkpoint import load_newest_checkpoint
+from sapg_torchrl.distributed import SINGLE, Ranks, from_environment, split_envs
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.logging import CSVSink, WandbSink, aside
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
+from sapg_torchrl.schema import SAPGConfig, StudyConfig, accepted, validate
 from sapg_torchrl.trainer import SAPGTrainer
 
 __all__ = ["Agent", "build_agent", "build_trainer", "experiment_changes", "prepare_run_dir", "resume_config", "train"]
@@ -101,19 +105,40 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     return Agent(actor, critic, loss, value_norm, observation_norm)
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=()) -> SAPGTrainer:
-    """Everything one run needs, from the config of ``recipes/config/sapg.yaml``."""
+RANK_SEED_STRIDE = 10_000
+"""Rank ``r`` of a data-parallel run seeds its envs, action noise and minibatch shuffles with
+``seed + RANK_SEED_STRIDE * r``; the parameters' initialisation and the aggregation draws use ``seed`` on every
+rank."""
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=(), make_env=None, ranks: Ranks = SINGLE
+) -> SAPGTrainer:
+    """Everything one run needs, from the config of ``sapg_torchrl/configs/sapg.yaml``.
+
+    ``make_env`` (a callable ``make_env(num_envs=, seed=)`` returning a batched TorchRL env) replaces the config's
+    ``env.make``: your own env class, without an import path for Hydra. With ``ranks`` of several processes
+    (:mod:`sapg_torchrl.distributed`), this process's share is built: ``N / G`` envs, every block's share equal, on
+    its own GPU under NCCL; only rank 0 gets the sinks, the run folder, the evaluation envs and the progress bar.
+    """
     s, ppo, e = cfg.sapg, cfg.ppo, cfg.env
     torch.manual_seed(cfg.seed)
-    device = device_of(cfg.device)
-    layout = BlockLayout(e.num_envs, s.num_blocks, s.leader)
-    make_base = instantiate(e.make, _partial_=True)
+    device = ranks.device if ranks.device.type == "cuda" else device_of(cfg.device)
+    num_envs = split_envs(e.num_envs, s.num_blocks, ranks.world_size) if ranks.distributed else e.num_envs
+    layout = BlockLayout(num_envs, s.num_blocks, s.leader)
+    rank_seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank
+    simulator_device = {}
+    if ranks.distributed and device.type == "cuda" and "device" in e.make:  # each rank's simulator on its own GPU
+        simulator_device = {"device": str(device)}
+    make_base = make_env or instantiate(e.make, _partial_=True, **simulator_device)
     env = make_sapg_env(
-        make_base(num_envs=layout.num_envs, seed=cfg.seed),
+        make_base(num_envs=layout.num_envs, seed=rank_seed),
         layout.block_ids(),
         reward_scale=e.reward_scale,
     )
     agent = build_agent(cfg, env, layout, device)
+    if ranks.distributed:  # same initial parameters on every rank, then each rank its own action noise
+        torch.manual_seed(rank_seed)
     actor, critic, loss = agent.actor, agent.critic, agent.loss
     value_norm, observation_norm = agent.value_norm, agent.observation_norm
     aggregator = None
@@ -124,7 +149,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
             log_prob_key=loss.tensor_keys.sample_log_prob, generator=torch.Generator().manual_seed(cfg.seed),
         )  # fmt: skip
     eval_env = None
-    if cfg.train.eval_interval:
+    if cfg.train.eval_interval and ranks.is_main:
         eval_env = make_sapg_env(
             make_base(num_envs=e.eval_envs, seed=cfg.seed + 1_000_000),
             torch.full((e.eval_envs,), layout.leader),
@@ -137,10 +162,10 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), 
         minibatch_size=ppo.minibatch_size, num_minibatches=ppo.num_minibatches, lr=ppo.lr, kl_target=ppo.kl_target,
         max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
         advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
-        eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks, run_dir=run_dir,
-        checkpoint_interval=cfg.train.checkpoint_interval, checkpoint_minutes=cfg.train.checkpoint_minutes,
-        keep_checkpoints=cfg.train.keep_checkpoints, progress=cfg.train.progress, device=device, hooks=hooks,
-        seed=cfg.seed,
+        eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks if ranks.is_main else (),
+        run_dir=run_dir if ranks.is_main else None, checkpoint_interval=cfg.train.checkpoint_interval,
+        checkpoint_minutes=cfg.train.checkpoint_minutes, keep_checkpoints=cfg.train.keep_checkpoints,
+        progress=cfg.train.progress and ranks.is_main, device=device, hooks=hooks, seed=rank_seed, ranks=ranks,
     )  # fmt: skip
 
 
@@ -189,7 +214,14 @@ def resume_config(folder: str | Path, overrides: list[str]) -> DictConfig:
             f"resume={folder}: {', '.join(refused)} would change the experiment; a resumed run keeps its own "
             f"config (these may change: total_frames, device, train.*, logger.*)"
         )
-    return OmegaConf.merge(OmegaConf.load(folder / "config.yaml"), OmegaConf.from_dotlist(allowed))
+    saved = OmegaConf.load(folder / "config.yaml")
+    schema = OmegaConf.structured(StudyConfig if "study" in saved else SAPGConfig)
+    try:
+        cfg = OmegaConf.merge(schema, saved, OmegaConf.from_dotlist(allowed))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"resume={folder}: {err.full_key}={err.value!r} is not accepted: {accepted(err.full_key)}") from None
+    validate(cfg)
+    return cfg
 
 
 @dataclass
@@ -271,23 +303,87 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
     error, then the error is raised again. A run stopped by SIGTERM or SIGINT writes a checkpoint and raises
     :class:`~sapg_torchrl.errors.Preempted`.
     """
-    run_dir = Path(run_dir)
+    validate(cfg)
+    ranks = from_environment(cfg.train.distributed_backend, device_of(cfg.device).type)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config_yaml = OmegaConf.to_yaml(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = prepare_run_dir(run_dir, config, resume=resume)
+    run_dir, start = _start_run(Path(run_dir), config, resume, ranks)
     if start.result is not None:
         log.info("%s already finished: skipped", run_dir)
         return start.result
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    sinks, wandb = _open_sinks(cfg, config, run_dir, name, start) if ranks.is_main else ([], None)
+    reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
+    trainer = None
+    try:
+        trainer = build_trainer(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [], ranks=ranks)
+        if start.checkpoint is not None:
+            trainer.load_state_dict(start.checkpoint[1])
+            if trainer.iteration > trainer.iterations:
+                raise ConfigError(
+                    f"total_frames={cfg.total_frames:g} is below the {trainer.frames} frames {run_dir} has done: "
+                    f"use at least {trainer.frames}"
+                )
+        if wandb is not None:
+            trainer.extra_state["wandb_run_id"] = wandb.run_id
+        if trainer.iteration < trainer.iterations:
+            result = trainer.train()
+        else:  # a run stopped between its final checkpoint and result.json has nothing left to train
+            result = _last_row(run_dir / "metrics.csv") if ranks.is_main else {}
+    except FloatingPointError as err:
+        if trainer is not None and ranks.is_main:
+            diverged = {**trainer.metrics, "diverged": True, "diverged_at_iteration": trainer.iteration, "error": str(err)}
+            (run_dir / RESULT_FILE).write_text(json.dumps(diverged, indent=1))
+        raise
+    finally:
+        if wandb is not None:
+            wandb.close()
+    if not ranks.is_main:
+        return result
+    if reservoir is not None:
+        result.update(_diversity(trainer, reservoir, run_dir / "states.pt"))
+    if ranks.distributed:
+        result["processes"] = ranks.world_size
+    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _start_run(run_dir: Path, config: dict, resume: bool, ranks: Ranks) -> tuple[Path, RunStart]:
+    """Rank 0 prepares the run folder (:func:`prepare_run_dir`); the other ranks of a data-parallel run get its
+    folder and decision (its error, if any), then read the same checkpoint."""
+    error = decision = None
+    if ranks.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            start = prepare_run_dir(run_dir, config, resume=resume)
+            decision = (str(run_dir), start.result, None if start.checkpoint is None else str(start.checkpoint[0]))
+        except ConfigError as err:
+            error = str(err)
+    if not ranks.distributed:
+        if error is not None:
+            raise ConfigError(error)
+        return run_dir, start
+    error, decision = ranks.broadcast_object((error, decision))
+    if error is not None:
+        raise ConfigError(error)
+    if ranks.is_main:
+        return run_dir, start
+    folder, result, checkpoint = decision
+    if checkpoint is not None:
+        checkpoint = (Path(checkpoint), torch.load(checkpoint, map_location="cpu", weights_only=False))
+    return Path(folder), RunStart(result=result, checkpoint=checkpoint)
+
+
+def _open_sinks(cfg: DictConfig, config: dict, run_dir: Path, name: str, start: RunStart) -> tuple[list, WandbSink | None]:
+    """The run's ``config.yaml``, ``metrics.csv`` and wandb, new or continued from the checkpoint it resumes."""
+    config_yaml = OmegaConf.to_yaml(config)
     if start.checkpoint is None:
         (run_dir / "config.yaml").write_text(config_yaml)
         sinks = [CSVSink(run_dir / "metrics.csv")]
     else:
         path, state = start.checkpoint
         log.info("%s: resuming from %s (iteration %d)", run_dir, path.name, state["iteration"])
-        if (run_dir / "config.yaml").read_text() != config_yaml:  # e.g. total_frames raised: keep the old one
+        if OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) != config:  # e.g. total_frames raised: keep the old one
             (run_dir / "config.yaml").rename(aside(run_dir / "config.yaml", f"before_iter_{state['iteration']:06d}"))
             (run_dir / "config.yaml").write_text(config_yaml)
         sinks = [CSVSink.resume(run_dir / "metrics.csv", state["iteration"])]
@@ -298,33 +394,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
             name, run_dir, project=cfg.logger.project, mode=cfg.logger.mode, config=config, run_id=run_id,
         )  # fmt: skip
         sinks.append(wandb)
-    reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
-    trainer = None
-    try:
-        trainer = build_trainer(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [])
-        if start.checkpoint is not None:
-            trainer.load_state_dict(start.checkpoint[1])
-            if trainer.iteration > trainer.iterations:
-                raise ConfigError(
-                    f"total_frames={cfg.total_frames} is below the {trainer.frames} frames {run_dir} has done: "
-                    f"use at least {trainer.frames}"
-                )
-        if wandb is not None:
-            trainer.extra_state["wandb_run_id"] = wandb.run_id
-        # a run stopped between its final checkpoint and result.json has nothing left to train
-        result = trainer.train() if trainer.iteration < trainer.iterations else _last_row(run_dir / "metrics.csv")
-    except FloatingPointError as err:
-        if trainer is not None:
-            diverged = {**trainer.metrics, "diverged": True, "diverged_at_iteration": trainer.iteration, "error": str(err)}
-            (run_dir / RESULT_FILE).write_text(json.dumps(diverged, indent=1))
-        raise
-    finally:
-        if wandb is not None:
-            wandb.close()
-    if reservoir is not None:
-        result.update(_diversity(trainer, reservoir, run_dir / "states.pt"))
-    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
-    return result
+    return sinks, wandb
 
 
 def _last_row(path: Path) -> dict[str, float]:

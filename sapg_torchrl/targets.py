@@ -3,6 +3,8 @@ included), n-step returns and block-wise standardisation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDictBase
 from torchrl.modules import set_recurrent_mode
@@ -75,6 +77,7 @@ def standardize_advantage(
     block_id: torch.Tensor | None = None,
     num_blocks: int | None = None,
     eps: float = 1e-8,
+    all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Zero-mean, unit-std advantages over the whole batch, or per block when ``block_id`` is given.
 
@@ -82,17 +85,26 @@ def standardize_advantage(
         advantage (Tensor): ``[*rows, 1]``.
         block_id (Tensor, optional): ``[*rows]`` integer blocks; standardise within each block.
         num_blocks (int, optional): number of blocks (needed with ``block_id``).
+        eps (float): added to the standard deviation.
+        all_sum (callable, optional): sums a tensor over the processes of a data-parallel run
+            (:meth:`sapg_torchrl.distributed.Ranks.all_sum`): the mean and standard deviation are then those of
+            every process's rows together.
 
     Examples:
         >>> adv = torch.tensor([[1.0], [3.0], [10.0], [30.0]])
         >>> standardize_advantage(adv, torch.tensor([0, 0, 1, 1]), num_blocks=2).flatten()
         tensor([-1.,  1., -1.,  1.])
     """
-    if block_id is None:
+    if block_id is None and all_sum is None:
         return (advantage - advantage.mean()) / (advantage.std(correction=0) + eps)
-    flat, ids = advantage.reshape(-1), block_id.reshape(-1)
+    all_sum = all_sum or (lambda x: x)
+    flat = advantage.reshape(-1)
+    ids = torch.zeros_like(flat, dtype=torch.long) if block_id is None else block_id.reshape(-1)
+    num_blocks = 1 if block_id is None else num_blocks
     count = torch.zeros(num_blocks, device=flat.device).index_add_(0, ids, torch.ones_like(flat))
-    mean = torch.zeros(num_blocks, device=flat.device).index_add_(0, ids, flat) / count.clamp_min(1)
+    total = torch.zeros(num_blocks, device=flat.device).index_add_(0, ids, flat)
+    count, total = all_sum(torch.stack([count, total])).unbind(0)
+    mean = total / count.clamp_min(1)
     centred = flat - mean[ids]
-    var = torch.zeros(num_blocks, device=flat.device).index_add_(0, ids, centred**2) / count.clamp_min(1)
+    var = all_sum(torch.zeros(num_blocks, device=flat.device).index_add_(0, ids, centred**2)) / count.clamp_min(1)
     return (centred / (var[ids].sqrt() + eps)).reshape(advantage.shape)

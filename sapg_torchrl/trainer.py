@@ -13,6 +13,10 @@ policy (a TorchRL ``LSTMModule`` inside) trains on minibatches of whole ``T``-st
 shuffled rows, recomputed from the hidden states stored at their start. Everything stays
 on the policy's device; the host sees one transfer of metrics per iteration (plus one float per epoch
 for the learning-rate schedule).
+
+Data-parallel over ``G`` processes (``ranks``, see :mod:`sapg_torchrl.distributed`): each runs this loop on its
+``N / G`` envs; gradients are averaged every minibatch, and the advantage standardisation, the normalisers'
+statistics, the learning rate's KL, the episode returns and the stop signal are global.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from torchrl.objectives.value import GAE
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.checkpoint import save_checkpoint
+from sapg_torchrl.distributed import SINGLE, Ranks, update_running_norm
 from sapg_torchrl.errors import ConfigError, Preempted
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
@@ -120,7 +125,13 @@ class SAPGTrainer:
             Defaults to ``3``.
         progress (bool): show a progress bar.
         device: where the policy and the batch live.
-        seed (int): seeds the aggregator's draws and the minibatch shuffles.
+        seed (int): seeds the minibatch shuffles.
+        ranks (Ranks): the processes of a data-parallel run (:mod:`sapg_torchrl.distributed`); ``env`` and
+            ``layout`` are then this rank's share (``N / G`` envs, every block's share equal), ``total_frames``
+            and the frame counts are the whole run's. Only the caller decides what rank 0 alone does (sinks,
+            ``run_dir``, ``eval_env``, ``progress``). Defaults to one process.
+        sync_check_interval (int): with several processes, compare the ranks' parameter checksums every this
+            many iterations (and at the end). Defaults to ``10``.
     """
 
     def __init__(
@@ -160,6 +171,8 @@ class SAPGTrainer:
         progress: bool = True,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        ranks: Ranks = SINGLE,
+        sync_check_interval: int = 10,
     ):
         if critic_target not in CRITIC_TARGETS:
             raise ConfigError(f"critic_target={critic_target!r} is not accepted: use one of {list(CRITIC_TARGETS)}")
@@ -174,8 +187,10 @@ class SAPGTrainer:
             raise ConfigError(f"the env's batch size {tuple(env.batch_size)} does not match num_envs={layout.num_envs}")
         self.env, self.actor, self.critic, self.loss = env, actor, critic, loss
         self.layout, self.aggregator = layout, aggregator
+        self.ranks, self.sync_check_interval = ranks, sync_check_interval
         self.horizon, self.epochs = horizon, epochs
-        self.frames_per_iteration = layout.num_envs * horizon
+        self.local_frames_per_iteration = layout.num_envs * horizon
+        self.frames_per_iteration = self.local_frames_per_iteration * ranks.world_size
         self.iterations = math.ceil(total_frames / self.frames_per_iteration)
         self.total_frames = self.iterations * self.frames_per_iteration
         self.minibatch_size = minibatch_size or 4 * layout.num_envs
@@ -184,9 +199,10 @@ class SAPGTrainer:
         self.critic_target, self.n_step, self.advantage_norm = critic_target, n_step, advantage_norm
         self.value_norm = value_norm
         self.observation_norm = observation_norm
+        # every rank starts from rank 0's parameters and statistics (equal already when seeded alike)
+        ranks.broadcast_([*loss.parameters(), *loss.buffers()])
         if observation_norm is not None:
-            with torch.no_grad():
-                observation_norm.update(env.reset().get("observation").to(device))
+            update_running_norm(observation_norm, env.reset().get("observation").to(device), ranks)
         self.gamma = gamma
         # values are computed once by the trainer (and kept: the clipped value loss needs them), so the
         # estimator reads them instead of holding the critic
@@ -200,6 +216,7 @@ class SAPGTrainer:
         self.keep_checkpoints = keep_checkpoints
         self.progress = progress
         self.device = torch.device(device)
+        self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
         self.params = [p for p in loss.parameters() if p.requires_grad]
@@ -212,8 +229,8 @@ class SAPGTrainer:
         self.collector = Collector(
             env,
             actor,
-            frames_per_batch=self.frames_per_iteration,
-            total_frames=self.total_frames,
+            frames_per_batch=self.local_frames_per_iteration,
+            total_frames=self.iterations * self.local_frames_per_iteration,
             policy_device=self.device,
             storing_device=self.device,
             env_device=env.device,
@@ -281,10 +298,11 @@ class SAPGTrainer:
                     batch.get(keys.advantage),
                     batch.get(keys.block_id) if per_block else None,
                     self.layout.num_blocks,
+                    all_sum=self.ranks.all_sum if self.ranks.distributed else None,
                 ),
             )
         if self.value_norm is not None:
-            self.value_norm.update(batch.get(keys.value_target))
+            update_running_norm(self.value_norm, batch.get(keys.value_target), self.ranks)
         return batch
 
     @torch.no_grad()
@@ -303,7 +321,7 @@ class SAPGTrainer:
         """First half of an iteration: counts the rollout's frames and episodes, builds the batch
         (:meth:`make_batch`) and runs the hooks. Returns the batch."""
         self.iteration += 1
-        self.frames += data.numel()
+        self.frames += data.numel() * self.ranks.world_size
         self._track_episodes(data)
         batch = self.make_batch(data)
         for hook in self.hooks:
@@ -315,8 +333,7 @@ class SAPGTrainer:
         (after the update, so the behaviour log-probs stay exact during it). Returns the mean loss outputs."""
         losses = self.update(batch)
         if self.observation_norm is not None:
-            with torch.no_grad():
-                self.observation_norm.update(data.get("observation"))
+            update_running_norm(self.observation_norm, data.get("observation"), self.ranks)
         return losses
 
     def minibatch_sizes(self, units: int, rows_per_unit: int = 1) -> list[int]:
@@ -345,6 +362,7 @@ class SAPGTrainer:
                 total = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                self.ranks.average_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
                 self.optimizer.step()
                 out = out.detach()
@@ -352,7 +370,7 @@ class SAPGTrainer:
                 epoch_out.append(out)
             epoch_out = torch.stack(epoch_out)
             if self.lr_schedule is not None:
-                kl = epoch_out["kl_approx"].nanmean()
+                kl = self.ranks.all_mean(epoch_out["kl_approx"].nanmean())
                 if not torch.isfinite(kl):  # the one host sync per epoch, shared with the schedule
                     raise FloatingPointError(
                         f"training diverged at iteration {self.iteration}: the policy's KL is {float(kl)} (non-finite "
@@ -367,8 +385,17 @@ class SAPGTrainer:
     def _iteration_metrics(self, losses: TensorDictBase) -> dict[str, float]:
         M, B, L = self.layout.num_blocks, self.layout.block_size, self.layout.leader
         # a block's return is the mean of its envs' last completed episodes, reported once every env of the
-        # block has completed one (before that, only envs with short, e.g. successful, episodes would count)
-        last = self.last_return.view(M, B)
+        # block has completed one (before that, only envs with short, e.g. successful, episodes would count);
+        # with several processes, over every rank's share of the block
+        last = self.ranks.all_gather(self.last_return).view(-1, M, B).transpose(0, 1).reshape(M, -1)
+        episodes = self.ranks.all_gather(self.episodes).view(-1, M, B).transpose(0, 1).reshape(M, -1)
+        if self.ranks.distributed:  # the loss outputs' mean over ranks, in one all-reduce
+            losses = losses.apply(lambda x: x.float())
+            names = list(losses.keys(include_nested=True, leaves_only=True))
+            values = [losses.get(name) for name in names]
+            means = self.ranks.all_mean(torch.cat([v.reshape(-1) for v in values])).split([v.numel() for v in values])
+            for name, value, mean in zip(names, values, means):
+                losses.set(name, mean.view_as(value))
         nan = torch.full_like(last[:, 0], float("nan"))
         per_block_return = torch.where(last.isfinite().all(-1), last.mean(-1), nan)
         summary = TensorDict(
@@ -376,8 +403,8 @@ class SAPGTrainer:
                 "return/leader": per_block_return[L],
                 "return/all": torch.where(last.isfinite().all(), last.mean(), nan[0]),
                 "return/per_block": per_block_return,
-                "episodes/leader": self.episodes.view(M, B)[L].sum(),
-                "episodes/all": self.episodes.sum(),
+                "episodes/leader": episodes[L].sum(),
+                "episodes/all": episodes.sum(),
             }
         )
         summary.update({f"train/{k}": v for k, v in losses.items()})
@@ -470,7 +497,15 @@ class SAPGTrainer:
         if state["env"] is not None and self.env_state_in_tensordict:
             carrier = self.collector._carrier
             carrier.update(state["env"].to(carrier.device) if carrier.device is not None else state["env"])
-        self.collector._frames, self.collector._iter = self.frames, self.iteration
+        self.collector._frames = self.iteration * self.local_frames_per_iteration
+        self.collector._iter = self.iteration
+        if self.ranks.distributed:
+            # the checkpoint is rank 0's: every rank takes its parameters and statistics, and draws its own action
+            # noise and shuffles again (a resumed data-parallel run is therefore not bit-identical to an
+            # uninterrupted one; the aggregation draws, the same on every rank, are restored exactly)
+            self.ranks.broadcast_([*self.loss.parameters(), *self.loss.buffers()])
+            torch.manual_seed(self.seed + self.iteration)
+            self.generator.manual_seed(self.seed + self.iteration)
         self.extra_state = dict(state["extra"])
 
     def save_checkpoint(self, final: bool = False) -> Path | None:
@@ -512,11 +547,15 @@ class SAPGTrainer:
                     metrics.update(iteration=self.iteration, frames=self.frames, time_s=self.time_s, fps=fps)
                     for sink in self.sinks:
                         sink(metrics, self.iteration)
-                    bar.update(data.numel())
+                    bar.update(data.numel() * self.ranks.world_size)
                     bar.set_postfix(fps=f"{fps:.0f}", leader_return=f"{metrics['return/leader']:.2f}")
                     due = (self.checkpoint_interval and self.iteration % self.checkpoint_interval == 0) or (
                         self.checkpoint_minutes and time.monotonic() - last_checkpoint >= 60 * self.checkpoint_minutes
                     )
+                    if self.ranks.distributed:
+                        if last or self.iteration % self.sync_check_interval == 0:
+                            self.ranks.check_in_sync(self.params, self.iteration)
+                        stop.agree(self.ranks)  # every rank stops after the same iteration
                     if last or due or stop.signum is not None:
                         self.save_checkpoint(final=last)
                         last_checkpoint = time.monotonic()
@@ -533,6 +572,12 @@ class _StopRequest:
     def __init__(self):
         self.signum: int | None = None  # the signal received, if any
         self.previous: dict = {}  # signal -> the handler installed before ours
+
+    def agree(self, ranks: Ranks) -> None:
+        """Makes a signal received by any rank a stop request on every rank (one tiny all-reduce)."""
+        received = torch.tensor(0 if self.signum is None else self.signum, device=ranks.device)
+        signum = int(ranks.all_gather(received).max())
+        self.signum = signum or None
 
     def hand_over(self) -> None:
         """Calls the handler that was there before for the signal received (submitit's, which requeues the job

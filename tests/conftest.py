@@ -9,9 +9,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "recipes" / "config"
 if str(REPO) not in sys.path:  # the package is used from the checkout, not installed
     sys.path.insert(0, str(REPO))
+
+from sapg_torchrl.cli import CONFIG_DIR  # noqa: E402  (also registers the config schemas)
 
 # A run of a few iterations in a few seconds on a CPU: 12 envs (6 blocks of 2), T = 4, 10 iterations,
 # episodes of 3 steps so that training and evaluation returns exist.
@@ -47,7 +48,7 @@ def _compose(*overrides: str):
 
 @pytest.fixture
 def compose_cfg():
-    """``compose_cfg(*overrides)``: ``recipes/config/sapg.yaml`` composed with Hydra overrides (no ``hydra`` node)."""
+    """``compose_cfg(*overrides)``: ``sapg_torchrl/configs/sapg.yaml`` composed with Hydra overrides (no ``hydra`` node)."""
     return _compose
 
 

@@ -43,7 +43,7 @@ def changed_keys(a, b):
 
 def test_every_ablation_has_a_config_file(repo_root):
     """The study's variants are exactly the files of the ablation group."""
-    files = {p.stem for p in (repo_root / "recipes" / "config" / "ablation").glob("*.yaml")}
+    files = {p.stem for p in (repo_root / "sapg_torchrl" / "configs" / "ablation").glob("*.yaml")}
     assert files == set(ABLATION_KEYS)
 
 
@@ -90,7 +90,7 @@ def test_allegrokuka_lstm_has_the_published_layer_norm(compose_cfg):
 
 def test_paper_fidelity_changes_only_its_listed_keys(compose_cfg, repo_root):
     """fidelity=paper differs from fidelity=code exactly in the keys fidelity/paper.yaml lists."""
-    listed = set(flatten(OmegaConf.to_container(OmegaConf.load(repo_root / "recipes/config/fidelity/paper.yaml"))))
+    listed = set(flatten(OmegaConf.to_container(OmegaConf.load(repo_root / "sapg_torchrl/configs/fidelity/paper.yaml"))))
     assert listed == {
         "sapg.leader", "sapg.clip_mode", "sapg.entropy_schedule", "network.phi_dim", "network.shared_trunk",
         "ppo.critic_target",

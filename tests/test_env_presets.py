@@ -1,4 +1,4 @@
-"""Env presets (``recipes/config/env``): every CPU preset builds, steps with block ids and trains; every GPU
+"""Env presets (``sapg_torchrl/configs/env``): every CPU preset builds, steps with block ids and trains; every GPU
 preset stops with one line saying what to install; the GPU factories' post-processing works on TorchRL mocks."""
 
 import csv
@@ -45,7 +45,7 @@ TINY = (
 
 
 def test_every_preset_is_covered(repo_root):
-    files = {p.stem for p in (repo_root / "recipes" / "config" / "env").glob("*.yaml")}
+    files = {p.stem for p in (repo_root / "sapg_torchrl" / "configs" / "env").glob("*.yaml")}
     assert files == {"mountaincar", *CPU_PRESETS, *GPU_PRESETS}
 
 
@@ -59,7 +59,12 @@ def test_cpu_preset_settings(compose_cfg, preset):
     assert cfg.network.activation == "elu" and cfg.total_frames > 0
 
 
-@pytest.mark.parametrize("preset", sorted(CPU_PRESETS))
+# Brax compiles its env first (about a minute on 2 cores): its preset runs in the slow suite, tests/test_brax.py
+# checks the env itself in the default one
+CPU_PRESETS_TO_RUN = [pytest.param(p, marks=pytest.mark.slow) if p == "brax_ant" else p for p in sorted(CPU_PRESETS)]
+
+
+@pytest.mark.parametrize("preset", CPU_PRESETS_TO_RUN)
 def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
     """One collector batch: [N, T] with float32 observations of the task's size and every env's block id."""
     _, obs_dim, action_dim = CPU_PRESETS[preset]
@@ -77,7 +82,7 @@ def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
     assert torch.isfinite(data["next", "reward"]).all()
 
 
-@pytest.mark.parametrize("preset", sorted(CPU_PRESETS))
+@pytest.mark.parametrize("preset", CPU_PRESETS_TO_RUN)
 def test_cpu_preset_trains(compose_cfg, tmp_path, preset):
     """Two iterations through the same entry point as the recipe."""
     result = train(compose_cfg(f"env={preset}", *TINY), tmp_path / "run", name=preset)
@@ -100,18 +105,30 @@ def test_gpu_preset_published_settings(compose_cfg, preset):
     assert cfg.train.eval_interval == 0  # one simulator per process
 
 
+@pytest.fixture(scope="module")
+def gpu_preset_runs(repo_root_module, tmp_path_factory):
+    """``python recipes/sapg.py env=<preset>`` for every GPU preset, started together (each is mostly start-up)."""
+    base = tmp_path_factory.mktemp("gpu")
+    processes = {
+        preset: subprocess.Popen(
+            [sys.executable, str(repo_root_module / "recipes" / "sapg.py"), f"env={preset}",
+             f"hydra.run.dir={base / preset}", "logger.wandb=false"],
+            cwd=repo_root_module, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for preset in sorted(GPU_PRESETS)
+    }
+    return {preset: (p.wait(timeout=300), p.communicate()[1]) for preset, p in processes.items()}
+
+
 @pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
-def test_gpu_preset_without_simulator_says_what_to_install(repo_root, tmp_path, preset):
-    """``python recipes/sapg.py env=<preset>`` without the simulator: exit 2, one line, no traceback."""
+def test_gpu_preset_without_simulator_says_what_to_install(gpu_preset_runs, preset):
+    """Without the simulator: exit 2, one line naming what to install, no traceback."""
     needs = GPU_PRESETS[preset][0]
-    result = subprocess.run(
-        [sys.executable, str(repo_root / "recipes" / "sapg.py"), f"env={preset}", f"hydra.run.dir={tmp_path}",
-         "logger.wandb=false"],
-        cwd=repo_root, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    returncode, stderr = gpu_preset_runs[preset]
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and f"needs {needs}" in last and "install" in last, last
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sapg_torchrl import ConfigError
-from sapg_torchrl.recipe_cli import check_group_choices, exit_on_config_error
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
 
 
 def start_recipe(repo_root, *args):
@@ -38,13 +38,10 @@ def assert_one_line_error(result, *must_contain):
         assert text in lines[0], lines[0]
 
 
-BAD_INPUTS = {
-    "ablation=foo": ["'foo'", "sapg", "no_split", "disjoint"],
-    "env=bar": ["'bar'", "mountaincar"],
-    "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],
-    "sapg.num_blocks=0": ["num_blocks=0", ">= 1"],
+BAD_INPUTS = {  # end to end; every kind of bad value is checked in-process below
+    "ablation=foo": ["'foo'", "sapg", "no_split", "disjoint"],  # refused before Hydra starts
+    "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],  # refused while the run is built
     "sapg.off_policy_ratio=6": ["off_policy_ratio=6", "[1, 5]"],
-    "sapg.num_block=3": ["'sapg.num_block'", "num_blocks", "off_policy_ratio"],
 }
 
 
@@ -114,15 +111,68 @@ def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, 
     assert (run_dir / "result.json").exists() and (run_dir / "metrics.csv").exists()
 
 
-def test_group_choices_checked_one_by_one(repo_root, capsys):
-    """A multirun list is checked value by value; the bad one is named with the accepted ones."""
-    config_dir = repo_root / "recipes" / "config"
-    check_group_choices(["ablation=sapg,disjoint", "seed=1", "+fidelity=paper"], config_dir, ["ablation", "fidelity"])
+@pytest.mark.parametrize(
+    "argv, must_contain",
+    [
+        (["ablation=sapg,nope"], ["unknown ablation 'nope'", "symmetric"]),
+        (["env=bar"], ["unknown env 'bar'", "mountaincar"]),
+        (["ppo.lr=abc"], ["ppo.lr='abc'", "a number > 0"]),
+        (["ppo.lr=-0.1"], ["ppo.lr=-0.1", "a number > 0"]),
+        (["env.num_envs=1.5"], ["env.num_envs=1.5", "an integer >= 1"]),
+        (["network.hidden=[]"], ["network.hidden=[]", "a list of at least 1 integer >= 1"]),
+        (["sapg.entropy_scale=-1"], ["sapg.entropy_scale=-1", "a number >= 0"]),
+        (["ppo.lrr=1e-3"], ["unknown setting 'ppo.lrr'", "accepted under 'ppo'", "lr", "kl_target"]),
+        (["sapg.aggregation=max"], ["sapg.aggregation='max'", "leader_follower, symmetric, none"]),
+        (["sapg.leader=middle"], ["sapg.leader='middle'", "first, last or an integer >= 0"]),
+        (["ppo.clip_epsilon=1.5"], ["ppo.clip_epsilon=1.5", "(0, 1)"]),
+        (["train.progress=maybe"], ["train.progress='maybe'", "true or false"]),
+        (["seed=0,1,x"], ["seed='x'", "an integer >= 0"]),  # each value of a sweep is checked
+        (["nonsense=1"], ["unknown setting 'nonsense'", "at the top level", "total_frames"]),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
+    """Every bad value is refused before anything is built, naming the key, the value and what is accepted."""
     with pytest.raises(SystemExit) as exit_info:
-        check_group_choices(["ablation=sapg,nope"], config_dir, ["ablation"])
+        check_command_line(argv, "sapg")
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error:") and "'nope'" in line and "symmetric" in line
+    assert line.startswith("error:"), line
+    for text in must_contain:
+        assert text in line, line
+
+
+@pytest.mark.parametrize(
+    "argv, config",
+    [
+        (["ablation=sapg,disjoint", "seed=range(3)", "fidelity=paper", "ppo.lr=1e-3"], "sapg"),
+        (["sapg.leader=2", "network.hidden=[64,64]", "total_frames=2e6", "hydra.run.dir=x", "-m"], "sapg"),
+        (["study.name=mine", "hydra/launcher=slurm", "--config-dir", "."], "study"),
+        (["run=somewhere", "blocks=all", "episodes=3"], "evaluate"),
+        (["--help"], "sapg"),
+    ],
+)
+def test_good_command_lines_pass(argv, config):
+    check_command_line(argv, config)
+
+
+def test_own_config_folder_adds_an_ablation(tmp_path, capsys):
+    """``--config-dir`` adds a user's folder to the config search path: its ablation file is accepted and checked."""
+    (tmp_path / "ablation").mkdir()
+    header = "# @package _global_\n"
+    (tmp_path / "ablation" / "mine.yaml").write_text(header + "sapg:\n  entropy_scale: 0.1\n")
+    check_command_line(["--config-dir", str(tmp_path), "ablation=mine"], "sapg")
+    bad_files = {
+        "typo": (header + "sapg:\n  entropy_scal: 0.1\n", "unknown setting 'sapg.entropy_scal' (in ablation/typo.yaml)"),
+        "wrong": (header + "ppo:\n  lr: fast\n", "ppo.lr='fast' (in ablation/wrong.yaml) is not accepted: a number > 0"),
+        "range": (header + "ppo:\n  lr: -1\n", "ppo.lr=-1.0 is not accepted: a number > 0"),
+        "headless": ("sapg:\n  entropy_scale: 0.1\n", "a group file starts with '# @package _global_'"),
+    }
+    for name, (text, message) in bad_files.items():
+        (tmp_path / "ablation" / f"{name}.yaml").write_text(text)
+        with pytest.raises(SystemExit):
+            check_command_line([f"--config-dir={tmp_path}", f"ablation={name}"], "sapg")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert message in line, line
 
 
 def test_config_error_becomes_one_line(capsys):

@@ -97,6 +97,7 @@ def late_eval_return(compose_cfg, *overrides, frames=96 * 8 * 150):
     return trainer.evaluate()["eval/return"]
 
 
+@pytest.mark.slow  # about a minute; the exactness of the sequences is checked in the default suite
 def test_lstm_learns_the_memory_task_the_mlp_cannot(compose_cfg):
     """Cue recall (4 steps): the MLP can earn about 1 (the first step), the LSTM up to 4."""
     mlp = late_eval_return(compose_cfg)

@@ -45,6 +45,7 @@ def test_slurm_launcher_preset_resolves():
 
 
 def _sweep(sweep_dir, *extra):
+    """The study command on a tiny config, 2 variants x 2 seeds (joblib: a process per run, as the study runs)."""
     return subprocess.run(
         [sys.executable, str(REPO / "recipes" / "study.py"), *TINY_OVERRIDES, f"hydra.sweep.dir={sweep_dir}",
          "ablation=sapg,no_split", "seed=0,1", *extra],
@@ -56,7 +57,8 @@ def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
     """A second run of the same command trains nothing new; an interrupted run with a checkpoint is resumed from
     it, one without is redone with its files kept."""
     sweep_dir = tmp_path / "study"
-    first = _sweep(sweep_dir)
+    in_process = "hydra/launcher=basic"  # the runs one after the other in one process: the same folder logic, faster
+    first = _sweep(sweep_dir, in_process)
     assert first.returncode == 0, first.stderr
     results = sorted(sweep_dir.glob("*/seed*/result.json"))
     assert [p.relative_to(sweep_dir).parent.as_posix() for p in results] == [
@@ -68,7 +70,7 @@ def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
     (redone / "result.json").unlink()  # killed before its first checkpoint
     shutil.rmtree(redone / "checkpoints")
 
-    second = _sweep(sweep_dir)
+    second = _sweep(sweep_dir, in_process)
     assert second.returncode == 0, second.stderr
     assert (redone / "result.json").exists() and (redone / "interrupted-0" / "metrics.csv").exists()
     assert (sweep_dir / "sapg" / "seed1" / "result.json").exists()

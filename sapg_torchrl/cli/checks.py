@@ -1,0 +1,168 @@
+"""Command-line guards for the recipes: one-line errors instead of Hydra's and OmegaConf's tracebacks."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sapg_torchrl.errors import ConfigError
+
+__all__ = ["check_command_line", "exit_on_config_error", "register_resolvers"]
+
+# Hydra flags that print something instead of running (nothing to check), and flags that take a value
+_INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc")
+_VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p", "--package")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The task overrides of a Hydra command line and its extra config folders (``--config-dir``)."""
+    overrides, config_dirs, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        flag, eq, value = arg.partition("=")
+        if flag in ("-cd", "--config-dir"):
+            config_dirs.append(value if eq else args.pop(0) if args else "")
+        elif flag in _VALUE_FLAGS:
+            if not eq and args:
+                args.pop(0)  # its value
+        elif arg.startswith("-"):
+            continue  # -m, --multirun, ...
+        elif arg.lstrip("+~").startswith("hydra") and not arg.startswith("hydra.searchpath"):
+            continue  # Hydra's own settings (launcher, folders): Hydra checks them
+        else:
+            overrides.append(arg)
+    return overrides, config_dirs
+
+
+def _variants(overrides: list[str]) -> list[list[str]]:
+    """The command line's configs to check: the first value of every sweep (``a,b``, ``range(5)``), then each
+    other value of each sweep with the others at their first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as err:
+        _fail(str(err).strip().splitlines()[0])
+    values = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]
+    first = [v[0] for v in values if v]
+    variants = [first]
+    for i, choices in enumerate(values):
+        variants += [first[:i] + [choice] + first[i + 1 :] for choice in choices[1:]]
+    return variants
+
+
+def _message(err: Exception, root) -> str:
+    """One line for a Hydra composition error: an unknown group option or setting, or a value of the wrong type.
+
+    OmegaConf's error is the cause of Hydra's for a command-line override; for a value in a config file Hydra
+    keeps only its text (``In 'ablation/mine': ...``, then ``full_key: ...``), which is parsed instead.
+    """
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    from sapg_torchrl.schema import accepted, settings_under
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, choice = err.missing_cfg_file.rpartition("/")
+        return f"unknown {group} {choice!r}; accepted: {', '.join(sorted(err.options or []))}"
+    text = str(err)
+    cause = err
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if cause is not None and getattr(cause, "full_key", None):
+        key, value, unknown = cause.full_key, cause.value, isinstance(cause, ConfigKeyError)
+    elif (found := re.search(r"full_key: (\S+)", text)) is not None:
+        key, unknown = found.group(1), "ConfigKeyError" in text
+        value = (re.search(r"Value '(.*?)' of type", text) or [None, "?"])[1]
+    else:
+        return text.strip().splitlines()[0]
+    origin = re.match(r"In '([^']+)'", text)
+    where_from = f" (in {origin.group(1)}.yaml)" if origin else ""
+    parent, _, leaf = key.rpartition(".")
+    if unknown or accepted(key, root) is None:
+        if origin and key == origin.group(1).split("/")[0]:
+            return f"{origin.group(1)}.yaml sets its keys under '{key}': a group file starts with '# @package _global_'"
+        names = settings_under(parent, root)
+        where = f"under '{parent}'" if parent else "at the top level"
+        return f"unknown setting {key!r}{where_from}; accepted {where}: {', '.join(names) if names else 'none'}"
+    return f"{key}={value!r}{where_from} is not accepted: {accepted(key, root)}"
+
+
+def check_command_line(argv: Sequence[str], config_name: str) -> None:
+    """Exits with status 2 and one line (``error: ...``) if the config a recipe's command line asks for would be
+    refused, before Hydra creates any folder or anything is built.
+
+    The config is composed (on its schema, see :mod:`sapg_torchrl.schema`) once per value of every sweep, so
+    each value of ``ablation=sapg,foo`` or ``ppo.lr=1e-3,abc`` is checked. Refused: an unknown group option
+    (``ablation=foo``), an unknown setting (``ppo.lrr=1``), a value of the wrong type (``ppo.lr=abc``) or out of
+    range (``ppo.lr=-0.1``); each message names the key, the value and what is accepted. ``hydra.*`` overrides and
+    Hydra's informational flags (``--help``, ``--cfg``) are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sapg_torchrl.cli import CONFIG_DIR
+    from sapg_torchrl.schema import SCHEMAS, validate
+
+    if any(arg.partition("=")[0] in _INFO_FLAGS for arg in argv):
+        return
+    overrides, config_dirs = _split_argv(argv)
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"] if config_dirs else []
+    root = SCHEMAS[config_name]
+    for variant in _variants(overrides):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                cfg = compose(config_name, overrides=search + variant, return_hydra_config=True)
+            validate(cfg, root)
+        except ConfigError as err:
+            _fail(str(err))
+        except (HydraException, OmegaConfBaseException) as err:
+            _fail(_message(err, root))
+        finally:
+            GlobalHydra.instance().clear()
+
+
+@contextlib.contextmanager
+def exit_on_config_error():
+    """Turns a :class:`~sapg_torchrl.ConfigError` into ``error: <message>`` on stderr and exit status 2."""
+    try:
+        yield
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _env_preset(*, _root_) -> str:
+    # the sweeper and the launchers resolve the sweep folder from the whole config before any job's
+    # HydraConfig is set (Hydra's own ``${hydra:...}`` resolver fails there); a job's config has no
+    # ``hydra`` node, but its HydraConfig is set
+    if "hydra" in _root_:
+        return _root_.hydra.runtime.choices.env
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.env
+
+
+def register_resolvers() -> None:
+    """Registers ``${sapg_env_preset:}``, the chosen env preset's name, for the recipes' configs (the study's
+    default name). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
+    folder of a multirun."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sapg_env_preset"):
+        OmegaConf.register_new_resolver("sapg_env_preset", _env_preset)
