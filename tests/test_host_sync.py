@@ -1,0 +1,88 @@
+"""No host sync inside an iteration but the per-iteration metrics and the per-epoch learning-rate KL: a CPU proxy
+for CUDA's sync-debug mode, counting the Python-level calls that read a tensor on the host (``.item()``,
+``bool()``, ``float()``, ``.tolist()``, ``.cpu()``, ``.numpy()``)."""
+
+import collections
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from sapg_torchrl.config import build_trainer
+
+READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
+LIBRARY = str(Path(__file__).resolve().parents[1] / "sapg_torchrl")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """``host_reads(fn)``: calls ``fn`` and returns the host reads it made, by the file and line that made them
+    (and whether that is the learner's code: this library outside the env wrappers, whose CPU simulators live on
+    the host). Adam's step counters live on the host (PyTorch's non-capturable Adam): reading them is not a
+    device sync, and is not counted."""
+    counts, active = collections.Counter(), [False]
+
+    def wrap(name):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, **kwargs):
+            if active[0]:
+                caller = traceback.extract_stack(limit=3)[-2]
+                if "torch/optim/" not in caller.filename:
+                    learner = caller.filename.startswith(LIBRARY) and "/envs/" not in caller.filename
+                    counts[(Path(caller.filename).name, caller.lineno, name, learner)] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    for name in READS:
+        wrap(name)
+
+    def measure(fn):
+        counts.clear()
+        active[0] = True
+        try:
+            fn()
+        finally:
+            active[0] = False
+        return collections.Counter(counts)
+
+    return measure
+
+
+def trainer_and_batch(tiny_cfg, *overrides):
+    trainer = build_trainer(tiny_cfg("train.eval_interval=0", "ppo.epochs=2", *overrides))
+    batches = iter(trainer.collector)
+    return trainer, batches, trainer.prepare(next(batches))
+
+
+@pytest.mark.parametrize("ablation", ["sapg", "no_split", "no_off_policy", "symmetric"])
+def test_update_reads_the_host_once_per_epoch_not_per_minibatch(tiny_cfg, host_reads, ablation):
+    """The update's host reads do not grow with the number of minibatches, and stay at the per-epoch KL's."""
+    reads = {}
+    for minibatches in (2, 4):
+        trainer, _, batch = trainer_and_batch(tiny_cfg, f"ablation={ablation}", f"ppo.num_minibatches={minibatches}")
+        reads[minibatches] = host_reads(lambda: trainer.update(batch))
+        trainer.collector.shutdown()
+    assert reads[2] == reads[4], reads
+    assert sum(reads[4].values()) <= 3 * 2 + 2, reads[4]  # per epoch: the KL's finiteness and the schedule's step
+
+
+def test_disjoint_reads_the_host_only_for_its_rows_per_block(tiny_cfg, host_reads):
+    """The documented exception: ``Blockwise`` (the disjoint networks) reads its rows per block once per call."""
+    trainer, _, batch = trainer_and_batch(tiny_cfg, "ablation=disjoint", "ppo.num_minibatches=4")
+    reads = host_reads(lambda: trainer.update(batch))
+    trainer.collector.shutdown()
+    per_minibatch = {where for where, n in reads.items() if n >= 8}  # 2 epochs x 4 minibatches
+    assert per_minibatch == {("nn.py", where[1], "tolist", True) for where in per_minibatch}, reads
+
+
+def test_collection_adds_no_host_read_of_ours(tiny_cfg, host_reads):
+    """Collecting a batch: no host read in this library's code (TorchRL's collector and env reset logic read the
+    done flags each step; see benchmarks/README.md)."""
+    trainer, batches, _ = trainer_and_batch(tiny_cfg)
+    reads = host_reads(lambda: trainer.prepare(next(batches)))
+    trainer.collector.shutdown()
+    ours = {where: n for where, n in reads.items() if where[3]}
+    assert not ours, ours
