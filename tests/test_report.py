@@ -253,6 +253,7 @@ def test_tuned_ppo_is_the_best_point_of_the_entropy_grid(synthetic, tmp_path):
     with pytest.warns(UserWarning):
         study = load_study(folder)
     assert study.ppo_grid == {"no_split": 0.0, "ppo_entropy": 0.05}
+    assert not any("num_blocks" in m for m in study.mismatches), study.mismatches  # one block by design
     s = summarize(study, reps=200, diversity=False)
     assert s.tuned_ppo == "ppo_entropy"
     text = write_report(study, tmp_path / "report", "report", reps=200, diversity=False).read_text()
