@@ -31,6 +31,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from sapg_torchrl.distributed import BACKENDS
 from sapg_torchrl.errors import ConfigError
 
 __all__ = [
@@ -297,7 +298,7 @@ class TrainSettings:
         "auto",
         "under ``torchrun`` (several processes, :doc:`scaling_out`): ``auto`` (NCCL when the learner is on CUDA, gloo "
         "otherwise) | ``nccl`` | ``gloo``; unused in a single process",
-        OneOf("auto", "nccl", "gloo"),
+        OneOf(*BACKENDS),
     )
 
 
