@@ -435,7 +435,8 @@ def settings_under(key: str, root=SAPGConfig) -> list[str] | None:
 def validate(cfg, root=None) -> None:
     """Checks every value of a composed config against its field's ``accepts``: :class:`ConfigError`
     ``<key>=<value> is not accepted: <what is>`` for the first that fails. Types and unknown keys were checked
-    by OmegaConf when the config was composed on its schema; ``root`` defaults to the schema whose top-level keys
+    by OmegaConf when the config was composed on its schema. Also checks that ``env.num_envs`` splits into
+    ``sapg.num_blocks`` blocks (:class:`~sapg_torchrl.blocks.BlockLayout`). ``root`` defaults to the schema whose top-level keys
     ``cfg`` has (a study config has ``study``)."""
     from omegaconf import DictConfig, OmegaConf
 
@@ -461,6 +462,10 @@ def validate(cfg, root=None) -> None:
                 raise ConfigError(f"{prefix}{name}={value!r} is not accepted: {accepted(prefix + name, root)}")
 
     walk(root, values, "")
+    if isinstance(values.get("env"), dict) and isinstance(values.get("sapg"), dict):  # N splits into M blocks
+        from sapg_torchrl.blocks import BlockLayout
+
+        BlockLayout(values["env"]["num_envs"], values["sapg"]["num_blocks"], values["sapg"].get("leader", "last"))
 
 
 def reference_rst(root=StudyConfig) -> str:

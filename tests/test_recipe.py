@@ -40,7 +40,7 @@ def assert_one_line_error(result, *must_contain):
 
 BAD_INPUTS = {  # end to end; every kind of bad value is checked in-process below
     "ablation=foo": ["'foo'", "sapg", "no_split", "disjoint"],  # refused before Hydra starts
-    "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],  # refused while the run is built
+    "env.num_envs=100": ["num_envs=100", "num_blocks=6", "96", "102"],
     "sapg.off_policy_ratio=6": ["off_policy_ratio=6", "[1, 5]"],
 }
 
@@ -128,6 +128,9 @@ def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, 
         (["train.progress=maybe"], ["train.progress='maybe'", "true or false"]),
         (["seed=0,1,x"], ["seed='x'", "an integer >= 0"]),  # each value of a sweep is checked
         (["nonsense=1"], ["unknown setting 'nonsense'", "at the top level", "total_frames"]),
+        (["env.num_envs=384,100"], ["num_envs=100 is not divisible by num_blocks=6", "96 or 102"]),
+        (["--config-name", "nope"], ["unknown config 'nope' (--config-name)", "scaling", "study"]),
+        (["--config-name=scaling", "ablation=sapg,nope"], ["unknown ablation 'nope'"]),
     ],
 )
 def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
@@ -148,6 +151,7 @@ def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
         (["sapg.leader=2", "network.hidden=[64,64]", "total_frames=2e6", "hydra.run.dir=x", "-m"], "sapg"),
         (["study.name=mine", "hydra/launcher=slurm", "--config-dir", "."], "study"),
         (["run=somewhere", "blocks=all", "episodes=3"], "evaluate"),
+        (["--config-name", "scaling", "env.num_envs=384,768,3072,6144", "seed=0,1"], "study"),
         (["--help"], "sapg"),
     ],
 )

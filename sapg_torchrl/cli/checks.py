@@ -22,14 +22,17 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The task overrides of a Hydra command line and its extra config folders (``--config-dir``)."""
-    overrides, config_dirs, args = [], [], list(argv)
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
+    """The task overrides of a Hydra command line, its extra config folders (``--config-dir``) and the config
+    it names (``--config-name``, else ``None``)."""
+    overrides, config_dirs, config_name, args = [], [], None, list(argv)
     while args:
         arg = args.pop(0)
         flag, eq, value = arg.partition("=")
         if flag in ("-cd", "--config-dir"):
             config_dirs.append(value if eq else args.pop(0) if args else "")
+        elif flag in ("-cn", "--config-name"):
+            config_name = value if eq else args.pop(0) if args else ""
         elif flag in _VALUE_FLAGS:
             if not eq and args:
                 args.pop(0)  # its value
@@ -39,7 +42,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             continue  # Hydra's own settings (launcher, folders): Hydra checks them
         else:
             overrides.append(arg)
-    return overrides, config_dirs
+    return overrides, config_dirs, config_name
 
 
 def _variants(overrides: list[str]) -> list[list[str]]:
@@ -120,14 +123,20 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
 
     if any(arg.partition("=")[0] in _INFO_FLAGS for arg in argv):
         return
-    overrides, config_dirs = _split_argv(argv)
+    overrides, config_dirs, named = _split_argv(argv)
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"] if config_dirs else []
-    root = SCHEMAS[config_name]
+    root = SCHEMAS[config_name]  # for the messages; a config named with --config-name is checked on its own schema
+    if named is not None:
+        configs = sorted({p.stem for d in (CONFIG_DIR, *map(Path, config_dirs)) for p in Path(d).glob("*.yaml")})
+        if named not in configs:
+            _fail(f"unknown config {named!r} (--config-name); accepted: {', '.join(configs)}")
+        config_name = named
     for variant in _variants(overrides):
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 cfg = compose(config_name, overrides=search + variant, return_hydra_config=True)
+            root = SCHEMAS.get(cfg.hydra.runtime.choices.get("schema"), root)
             validate(cfg, root)
         except ConfigError as err:
             _fail(str(err))

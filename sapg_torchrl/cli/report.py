@@ -4,11 +4,14 @@ with 95% bootstrap intervals), findings and plots.
     sapg-report runs/study/mountaincar                  # -> runs/study/mountaincar/report/report.md
     sapg-report runs/study/mountaincar --out reports/mc --study-command "sapg-study"
     sapg-report runs/study/mountaincar runs/study/hopper --out reports/all   # several tasks
+    sapg-report --scaling runs/scaling/mountaincar/N* --out reports/scaling    # final return against N
 
 Reads the finished runs of a study folder written by ``sapg-study`` (``<ablation>/seed<k>/``;
 unfinished ones are skipped with a warning) and prints the path of ``report.md``. With several folders (one
 per task) each gets its report in ``<out>/<folder name>/`` and ``<out>/across_tasks.md`` aggregates them
-(:mod:`sapg_torchrl.study.tasks`). A folder that does not exist or holds no finished run exits with status 2 and
+(:mod:`sapg_torchrl.study.tasks`). With ``--scaling`` the folders are one task's studies at different numbers of
+envs (``sapg-study --config-name scaling``): ``<out>/scaling.md`` and ``scaling.png`` give the final return against
+``N`` (:mod:`sapg_torchrl.study.scaling`), and no per-study report is written. A folder that does not exist or holds no finished run exits with status 2 and
 a one-line error.
 """
 
@@ -36,16 +39,29 @@ def main(argv: list[str] | None = None) -> Path:
                         help="output folder (default: <folder>/report; required with several folders)")
     parser.add_argument("--study-command", default=None,
                         help="the command that ran the study, for the header (default: rebuilt from the runs)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="the folders are one task's studies at different N: write scaling.md (final return against N)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default: 2000)")
     parser.add_argument("--max-states", type=int, default=None,
                         help="cap on the states per variant for the diversity measures (default: all)")
     args = parser.parse_args(argv)
 
-    from sapg_torchrl.study import aggregate_tasks, load_study, summarize, write_cross_task_report, write_report
+    from sapg_torchrl.study import (
+        aggregate_tasks,
+        load_study,
+        scaling_summary,
+        summarize,
+        write_cross_task_report,
+        write_report,
+        write_scaling_report,
+    )
 
     several = len(args.folders) > 1
     if several and args.out is None:
         print("error: several study folders need --out (where the per-task and cross-task reports go)", file=sys.stderr)
+        raise SystemExit(2)
+    if args.scaling and not several:
+        print(f"error: --scaling needs study folders at two or more N, got one: {args.folders[0]}", file=sys.stderr)
         raise SystemExit(2)
     command = f"{_invocation()} {shlex.join(argv)}"
     studies = {}
@@ -53,12 +69,21 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                studies[folder.name] = load_study(folder)
+                studies[str(folder) if args.scaling else folder.name] = load_study(folder)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         for warning in caught:  # skipped (unfinished) runs: one line each, not a source excerpt
             print(f"warning: {warning.message}", file=sys.stderr)
+    if args.scaling:
+        try:
+            scaling = scaling_summary([studies[str(folder)] for folder in args.folders], reps=args.reps)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        path = write_scaling_report(scaling, args.out, command)
+        print(path)
+        return path
     if len(studies) != len(args.folders):
         print("error: two study folders have the same name: each names its task", file=sys.stderr)
         raise SystemExit(2)

@@ -1,0 +1,184 @@
+"""Performance against the number of envs ``N``: several study folders of one task that differ only in ``N``.
+
+The paper's central claim is that PPO stops improving as ``N`` grows while SAPG turns the extra envs into
+exploration. ``recipes/study.py --config-name scaling`` runs ``sapg`` and the tuned PPO baseline at several ``N``
+(``<folder>/N<N>/<ablation>/seed<k>/``, each ``N<N>`` a study folder); :func:`scaling_summary` gives each
+variant's final leader return (the last 10% of the budget, as in the study's report) at each ``N`` as an IQM
+with a 95% stratified-bootstrap interval, and ``P(sapg > variant)`` at each ``N``; :func:`write_scaling_report`
+writes ``scaling.md`` and ``scaling.png``. A study folder of the same task and budget at another ``N`` (e.g. the
+ablation study's) can be added: only the variants found at two or more ``N`` are compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sapg_torchrl.study.render import _colors
+from sapg_torchrl.study.runs import REFERENCE, Study
+from sapg_torchrl.study.summary import NAN_INTERVAL, Interval, summarize
+
+__all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
+
+# settings every study of a scaling sweep shares (dotted config key, name in the messages)
+_SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"), ("total_frames", "frame budget"))
+
+
+@dataclass
+class Scaling:
+    """Final leader returns against ``N``.
+
+    Attributes:
+        task (str): the env's name.
+        budget (float): the frame budget of every run.
+        num_envs (list of int): the values of ``N``, ascending.
+        folders (dict): ``N`` -> its study folder.
+        variants (list of str): the variants found at two or more ``N``, in the study's order.
+        final (dict): variant -> ``N`` -> ``(IQM, low, high)`` of the final return (absent where not run).
+        seeds (dict): variant -> ``N`` -> the number of runs.
+        poi (dict): variant -> ``N`` -> ``P(sapg > variant)`` with its interval, where both ran.
+        notes (list of str): variants left out, and why.
+    """
+
+    task: str
+    budget: float
+    num_envs: list[int]
+    folders: dict[int, Path]
+    variants: list[str]
+    final: dict[str, dict[int, Interval]]
+    seeds: dict[str, dict[int, int]]
+    poi: dict[str, dict[int, Interval]]
+    notes: list[str] = field(default_factory=list)
+
+
+def trend(final: dict[int, Interval]) -> str:
+    """What a variant's final return does as ``N`` grows, judged by non-overlapping 95% intervals.
+
+    ``"degrades"``: the largest ``N``'s interval lies wholly below the best ``N``'s; ``"improves"``: the
+    smallest ``N``'s lies wholly below the largest's; ``"saturates"``: neither, but the best ``N`` is not the
+    largest (more envs do not help beyond the intervals); ``"flat"``: otherwise.
+
+    Examples:
+        >>> trend({384: (10.0, 8.0, 12.0), 1536: (50.0, 45.0, 55.0), 6144: (20.0, 15.0, 25.0)})
+        'degrades'
+        >>> trend({384: (10.0, 8.0, 12.0), 6144: (50.0, 45.0, 55.0)})
+        'improves'
+        >>> trend({384: (50.0, 40.0, 60.0), 1536: (55.0, 40.0, 60.0), 6144: (52.0, 40.0, 60.0)})
+        'saturates'
+    """
+    finite = {n: i for n, i in sorted(final.items()) if math.isfinite(i[0])}
+    if len(finite) < 2:
+        return "unknown"
+    smallest, largest = finite[min(finite)], finite[max(finite)]
+    best_n = max(finite, key=lambda n: (finite[n][0], n))  # a tie goes to the larger N
+    if largest[2] < finite[best_n][1]:
+        return "degrades"
+    if smallest[2] < largest[1]:
+        return "improves"
+    return "saturates" if best_n != max(finite) else "flat"
+
+
+def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0) -> Scaling:
+    """Final returns against ``N`` from study folders (:func:`~sapg_torchrl.study.load_study`) of one task and
+    frame budget, one per ``N``.
+
+    Raises:
+        ValueError: fewer than two studies, two at the same ``N``, or a study whose task, ``T`` or budget
+            differs from the first's (naming the folders and values).
+    """
+    if len(studies) < 2:
+        raise ValueError(f"a scaling report needs study folders at two or more N, got {len(studies)}")
+    by_n: dict[int, Study] = {}
+    for study in studies:
+        n = int(study.setting("env.num_envs"))
+        if n in by_n:
+            raise ValueError(f"two study folders have N={n}: {by_n[n].folder} and {study.folder}")
+        for key, label in _SAME:
+            mine, first = study.setting(key), studies[0].setting(key)
+            if str(mine) != str(first):
+                raise ValueError(f"{label} ({key}) differs: {mine} in {study.folder}, {first} in {studies[0].folder}")
+        by_n[n] = study
+    num_envs = sorted(by_n)
+    summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False, curve_points=2) for n in num_envs}
+    found: dict[str, list[int]] = {}
+    for n in num_envs:
+        for variant in by_n[n].variants:
+            found.setdefault(variant, []).append(n)
+    order = [v for study in studies for v in study.variants]
+    variants = sorted((v for v, ns in found.items() if len(ns) >= 2), key=order.index)
+    notes = [f"{v}: only at N={ns[0]}, left out" for v, ns in found.items() if len(ns) < 2]
+    final = {v: {n: summaries[n].iqm["final"][v] for n in found[v]} for v in variants}
+    seeds = {v: {n: len(by_n[n].runs[v]) for n in found[v]} for v in variants}
+    poi = {v: {n: summaries[n].poi.get(v, NAN_INTERVAL) for n in found[v] if REFERENCE in by_n[n].runs}
+           for v in variants if v != REFERENCE}  # fmt: skip
+    for n in num_envs:
+        notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes, *summaries[n].notes)]
+    first = studies[0]
+    return Scaling(str(first.setting("env.make.env_name")), float(first.setting("total_frames")), num_envs,
+                   {n: by_n[n].folder for n in num_envs}, variants, final, seeds, poi, notes)  # fmt: skip
+
+
+def _ci(interval: Interval) -> str:
+    point, low, high = interval
+    return "n/a" if not math.isfinite(point) else f"{point:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def _plot(scaling: Scaling, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = _colors(scaling.variants)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for variant in scaling.variants:
+        ns = sorted(scaling.final[variant])
+        point, low, high = (np.array([scaling.final[variant][n][i] for n in ns]) for i in range(3))
+        ax.plot(ns, point, marker="o", color=colors[variant], lw=1.8, label=variant)
+        ax.fill_between(ns, low, high, color=colors[variant], alpha=0.2, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(scaling.num_envs, [str(n) for n in scaling.num_envs])
+    ax.minorticks_off()
+    ax.set_xlabel("N, parallel envs (log scale)")
+    ax.set_ylabel("final leader return (IQM, 95% CI)")
+    ax.set_title(f"{scaling.task}: final return against N at {scaling.budget:.3g} frames per run", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) -> Path:
+    """Writes ``scaling.md`` (the table behind the figure, ``P(sapg > variant)`` at each ``N`` and each
+    variant's :func:`trend`) and ``scaling.png`` in ``out_dir``; returns the Markdown's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot(scaling, out_dir / "scaling.png")
+    header = " | ".join(f"N={n}" for n in scaling.num_envs)
+    rule = "|---" * (len(scaling.num_envs) + 2) + "|"
+    lines = [f"# Final return against N: {scaling.task}", "", "```bash", command, "```", "",
+             f"Each run collects {scaling.budget:.4g} frames. Final return: the leader's mean return over the last 10% "
+             "of the budget; IQM over seeds with a 95% stratified-bootstrap interval (seeds in parentheses). Trend: "
+             "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
+             "below the largest's, `saturates` when neither and the best N is not the largest.", "",
+             f"| variant | {header} | trend |", rule]  # fmt: skip
+    for variant in scaling.variants:
+        cells = [f"{_ci(scaling.final[variant][n])} ({scaling.seeds[variant][n]})" if n in scaling.final[variant]
+                 else "–" for n in scaling.num_envs]  # fmt: skip
+        lines.append(f"| {variant} | {' | '.join(cells)} | {trend(scaling.final[variant])} |")
+    if scaling.poi:
+        lines += ["", f"P({REFERENCE} > variant) on the final return [95% CI]:", "",
+                  f"| variant | {header} |", "|---" * (len(scaling.num_envs) + 1) + "|"]  # fmt: skip
+        for variant, by_n in scaling.poi.items():
+            cells = [_ci(by_n[n]) if n in by_n else "–" for n in scaling.num_envs]
+            lines.append(f"| {variant} | {' | '.join(cells)} |")
+    lines += ["", "Study folders: " + ", ".join(f"N={n}: `{p}`" for n, p in scaling.folders.items()), ""]
+    lines += [f"- Note: {note}" for note in scaling.notes] + ["", "![final return against N](scaling.png)", ""]
+    path = out_dir / "scaling.md"
+    path.write_text("\n".join(lines))
+    return path
