@@ -21,6 +21,8 @@ from sapg_torchrl.envs.gpu import sapg_view
 CPU_PRESETS = {  # preset: (envpool or Brax task, observation dim, action dim)
     "brax_ant": ("ant", 27, 8),
     "halfcheetah": ("HalfCheetah-v4", 17, 6),
+    "hopper": ("Hopper-v4", 11, 3),
+    "ball_in_cup_catch": ("BallInCupCatch-v1", 8, 2),
     "ant": ("Ant-v4", 27, 8),
     "humanoid": ("Humanoid-v4", 376, 17),
     "adroit_pen": ("AdroitHandPen-v1", 45, 24),

@@ -117,8 +117,9 @@ class EnvpoolEnv(MultiThreadedEnv):
             env_ids = np.flatnonzero(reset_mask.cpu().numpy()).astype(np.int32)
             obs, _ = self._env.reset(env_ids)
             fresh = self._treevalue_or_numpy_to_tensor_or_dict(obs)
-            for key, value in fresh.items():
-                self.obs.get(key)[torch.as_tensor(env_ids, dtype=torch.long)] = value.to(self.device)
+            for key, value in fresh.items():  # (some tasks, e.g. Hopper-v4, step in float32 but reset in float64)
+                stored = self.obs.get(key)
+                stored[torch.as_tensor(env_ids, dtype=torch.long)] = value.to(self.device, stored.dtype)
         out = self.obs.clone()
         out.update(self.full_done_spec.zero())
         return out
