@@ -83,9 +83,10 @@ def compose_config(ablation: str, args: argparse.Namespace) -> DictConfig:
         f"ablation={ablation}",
         "logger.wandb=false",
         "train.progress=false",
-        "train.eval_interval=0",
         f"device={args.device}",
     ]
+    if not getattr(args, "eval", False):
+        overrides.append("train.eval_interval=0")  # no eval envs to build
     if args.env is not None:
         overrides.append(f"env={args.env}")
     if args.num_envs is not None:
@@ -258,6 +259,22 @@ def measure(variants, rounds: int, warmup: int, iters: dict[str, int], log=print
     return samples
 
 
+def measure_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) -> dict:
+    """The median time of ``reps`` evaluations of ``variant`` and their share of training time at the config's
+    ``train.eval_interval``: ``eval / (eval + interval x time per iteration)``. The policy is the benchmark's
+    barely trained one: on a task whose solved episodes are short (MountainCar) its episodes run to the time
+    limit, the worst case of an evaluation, which stops once every env has completed an episode."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = variant.trainer.evaluate()
+        times.append(time.perf_counter() - t0)
+    eval_s, interval = statistics.median(times), cfg.train.eval_interval
+    per_iter = results_so_far[variant.name]["time_per_iter_s"]
+    return {"eval_s": eval_s, "interval": interval, "envs": cfg.env.eval_envs, "max_steps": cfg.env.eval_steps,
+            "episodes": out["eval/episodes"], "fraction": eval_s / (eval_s + interval * per_iter)}  # fmt: skip
+
+
 def _median(values) -> float:
     return statistics.median(values)
 
@@ -325,6 +342,12 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         "sapg_over_no_split_time": ("sapg / no_split (time per iteration)", "target <= 1.10x"),
         "disjoint_over_sapg_time": ("disjoint / sapg (time per iteration)", "extra, expected > 1"),
     }
+    if "eval" in meta:
+        e = meta["eval"]
+        lines.append(
+            f"{'evaluation (sapg)':<38} {e['eval_s']:.3f} s each ({e['envs']} envs, <= {e['max_steps']} steps), every "
+            f"{e['interval']} iterations: {100 * e['fraction']:.1f}% of training time (target <= 5%)"
+        )
     for key, (label, target) in labels.items():
         r = ratios.get(key)
         if r is None:
@@ -347,6 +370,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--env", default=None, help="env config group (sapg_torchrl/configs/env); default: the config's")
     p.add_argument("--no-disjoint", action="store_true", help="skip the disjoint ablation line")
+    p.add_argument("--eval", action="store_true",
+                   help="also time sapg's evaluation and report its share of training time at the config's interval")
     p.add_argument(
         "--threads", type=int, default=None,
         help="torch.set_num_threads for all variants (default: leave torch's default, as the library does)",
@@ -397,6 +422,8 @@ def main(argv=None) -> int:
     try:
         iters = {v.name: args.iters for v in variants}
         samples = measure(variants, args.rounds, args.warmup, iters)
+        if args.eval:  # after the timed iterations, in the same warm process
+            meta["eval"] = measure_eval(variants[0], cfgs["sapg"], results_so_far=summarize(variants, samples))
     finally:
         for v in variants:
             v.close()

@@ -112,7 +112,8 @@ class SAPGTrainer:
         eval_env (EnvBase, optional): envs running the leader only (deterministic actions), for
             :meth:`evaluate`.
         eval_interval (int): evaluate every this many iterations (and at the first and last). ``0`` never.
-        eval_steps (int): steps of an evaluation rollout (one episode's length).
+        eval_steps (int): the most steps of an evaluation (one episode's length); it stops earlier once every
+            eval env has completed an episode.
         sinks (iterable of callables): ``sink(metrics: dict[str, float], iteration)`` once per iteration.
         hooks (iterable of callables): ``hook(trainer, data)`` once per iteration with the ``[N, T]`` rollout
             (after its targets are computed): the place to record states or per-block data.
@@ -133,6 +134,9 @@ class SAPGTrainer:
         sync_check_interval (int): with several processes, compare the ranks' parameter checksums every this
             many iterations (and at the end). Defaults to ``10``.
     """
+
+    EVAL_CHECK_STEPS = 16
+    """How often (in steps) :meth:`evaluate` checks whether every eval env has completed an episode."""
 
     def __init__(
         self,
@@ -420,21 +424,29 @@ class SAPGTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Runs the leader, deterministically, for ``eval_steps`` on the eval envs.
+        """Runs the leader, deterministically, on fresh eval envs until each has completed an episode (at most
+        ``eval_steps`` steps).
 
-        Returns the mean return of each env's first complete episode (``eval/return``) and the number
-        of envs that completed one (``eval/episodes``).
+        Returns the mean return of each env's first complete episode (``eval/return``) and the number of envs
+        that completed one (``eval/episodes``). Stepping stops once every env has completed one (checked every
+        :attr:`EVAL_CHECK_STEPS` steps, one host read each): the steps after that do not change the result, and
+        on a task solved in short episodes they were most of an evaluation's cost.
         """
         if self.eval_env is None:
             return {}
+        env = self.eval_env
+        finished = torch.zeros(env.batch_size, dtype=torch.bool, device=env.device)
+        returns = torch.full(env.batch_size, float("nan"), device=env.device)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            rollout = self.eval_env.rollout(self.eval_steps, self.actor, break_when_any_done=False)
-        done = rollout.get(("next", "done")).squeeze(-1)
-        episode_return = rollout.get(("next", "episode_reward")).squeeze(-1)
-        first = done.int().argmax(-1)
-        finished = done.any(-1)
-        returns = episode_return.gather(-1, first[:, None]).squeeze(-1)
-        returns = torch.where(finished, returns, torch.full_like(returns, float("nan")))
+            tensordict = env.reset()
+            for step in range(1, self.eval_steps + 1):
+                stepped, tensordict = env.step_and_maybe_reset(self.actor(tensordict))
+                done = stepped.get(("next", "done")).reshape(env.batch_size)
+                first = done & ~finished
+                returns = torch.where(first, stepped.get(("next", "episode_reward")).reshape(env.batch_size), returns)
+                finished |= done
+                if step % self.EVAL_CHECK_STEPS == 0 and bool(finished.all()):
+                    break
         return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
 
     # --------------------------------------------------------------------------------------- checkpoint

@@ -84,6 +84,31 @@ def test_evaluation_runs_the_leader(tiny_cfg, tmp_path, fidelity, leader):
     trainer.collector.shutdown()
 
 
+def test_evaluation_stops_once_every_env_has_an_episode(tiny_cfg, tmp_path):
+    """Same numbers as stepping all ``eval_steps`` (each env's first complete episode, deterministic leader), in
+    fewer steps: episodes of varying length (an untrained InvertedPendulum falls within a few dozen steps)."""
+    from torchrl.envs import ExplorationType, set_exploration_type
+
+    from sapg_torchrl.config import build_trainer
+
+    cfg = tiny_cfg("env.make.env_name=InvertedPendulum-v4", "env.make.create_env_kwargs.max_episode_steps=1000",
+                   "env.eval_envs=4", "env.eval_steps=400")  # fmt: skip
+    full, early = build_trainer(cfg, tmp_path / "a"), build_trainer(cfg, tmp_path / "b")
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = full.eval_env.rollout(400, full.actor, break_when_any_done=False)
+    done = rollout["next", "done"].squeeze(-1)
+    first = rollout["next", "episode_reward"].squeeze(-1).gather(-1, done.int().argmax(-1, keepdim=True))
+    assert done.any(-1).all() and len(set(done.int().argmax(-1).tolist())) > 1  # every env fell, not all at once
+    steps = []
+    step = early.eval_env.step_and_maybe_reset
+    early.eval_env.step_and_maybe_reset = lambda td: steps.append(1) or step(td)
+    metrics = early.evaluate()
+    assert metrics == {"eval/return": pytest.approx(first.mean().item()), "eval/episodes": 4.0}
+    assert len(steps) < 400 and len(steps) % early.EVAL_CHECK_STEPS == 0
+    for trainer in (full, early):
+        trainer.collector.shutdown()
+
+
 def test_mujoco_task_trains(tiny_cfg, tmp_path):
     """A MuJoCo task (float64 observations in envpool, 1-d action) trains like the classic-control ones."""
     train(tiny_cfg("env.make.env_name=InvertedPendulum-v4", "total_frames=48"), tmp_path / "run")

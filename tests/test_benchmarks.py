@@ -1,0 +1,56 @@
+"""The benchmarks run with one command each (at tiny sizes here: their numbers are for a quiet machine, never a
+test), and refuse bad values in one line."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _script(name):
+    """A benchmark script as a module (``benchmarks/`` is not a package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), REPO / "benchmarks" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+RUNS = {
+    "throughput.py": ["--num-envs", "12", "--rounds", "1", "--iters", "1", "--warmup", "0", "--no-disjoint", "--eval"],
+    "compute_floor.py": ["--num-envs", "12", "--rounds", "1", "--iters", "1"],
+    "scaling_n.py": ["--num-envs", "12,24", "--rounds", "1", "--iters", "1", "--warmup", "0"],
+}
+PRINTS = {
+    "throughput.py": ["| sapg ", "| stock ", "evaluation (sapg)", "% of training time"],
+    "compute_floor.py": ["no_split  rows", "sapg      rows", "ms/step", "ratio"],
+    "scaling_n.py": ["| 12 |", "| 24 |", "s/iter per 1000 envs"],
+}
+
+
+@pytest.mark.parametrize(
+    "script", [pytest.param(s, marks=pytest.mark.slow) if s == "throughput.py" else s for s in sorted(RUNS)]
+)  # throughput.py builds four trainers and evaluates three times: ~40 s on 2 cores
+def test_benchmark_runs(script):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--threads", "1", *RUNS[script]],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for text in PRINTS[script]:
+        assert text in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("compute_floor.py", ["--ablations", "sapg,nope"], "unknown ablation 'nope'"),
+    ("scaling_n.py", ["--num-envs", "12,100"], "num_envs=100 is not divisible by num_blocks=6"),
+    ("throughput.py", ["--num-envs", "100"], "num_envs=100 is not divisible by num_blocks=6"),
+])  # fmt: skip
+def test_benchmark_refuses_bad_values(script, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script(script).main(args)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
