@@ -294,6 +294,12 @@ class TrainSettings:
         0, "keep a reservoir of this many leader states (``states.pt``, diversity metrics); 0: off", NATURAL
     )
     threads: Optional[int] = setting(None, "torch threads (``null``: torch's default; the study runs use 1 each)", COUNT)
+    compile: bool = setting(
+        False,
+        "``torch.compile`` the loss (forward and backward), the rollout policy and the evaluation policy: same "
+        "numbers to float tolerance, less Python overhead per call; the first calls compile (a minute or more each "
+        "on a CPU); see ``benchmarks/README.md``",
+    )
     distributed_backend: str = setting(
         "auto",
         "under ``torchrun`` (several processes, :doc:`scaling_out`): ``auto`` (NCCL when the learner is on CUDA, gloo "
