@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     try:
         values = [int(n) for n in args.num_envs.split(",")]
     except ValueError:
-        p.error(f"--num-envs={args.num_envs!r} is not accepted: comma-separated integers, e.g. {DEFAULT_N}")
+        print(f"error: --num-envs={args.num_envs!r} is not accepted: comma-separated integers, e.g. {DEFAULT_N}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from None
     check_command_line([f"ablation={args.ablation}", f"env.num_envs={','.join(map(str, values))}"]
                        + ([f"env={args.env}"] if args.env else []), "sapg")  # fmt: skip
     if args.threads:

@@ -47,7 +47,10 @@ def test_benchmark_runs(script):
 @pytest.mark.parametrize("script, args, message", [
     ("compute_floor.py", ["--ablations", "sapg,nope"], "unknown ablation 'nope'"),
     ("scaling_n.py", ["--num-envs", "12,100"], "num_envs=100 is not divisible by num_blocks=6"),
+    ("scaling_n.py", ["--num-envs", "12,x"], "--num-envs='12,x' is not accepted: comma-separated integers"),
     ("throughput.py", ["--num-envs", "100"], "num_envs=100 is not divisible by num_blocks=6"),
+    ("rl_games_vs_ours.py", ["--tasks", "Hopper-v4"], "'Hopper-v4' is not accepted; accepted: MountainCarContinuous-v0"),
+    ("rl_games_vs_ours.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a multiple of 6"),
 ])  # fmt: skip
 def test_benchmark_refuses_bad_values(script, args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
