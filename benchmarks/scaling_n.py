@@ -20,9 +20,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import SAPGVariant, compose_config, measure, summarize  # noqa: E402
-
 import torch  # noqa: E402
+from throughput import SAPGVariant, compose_config, measure, summarize  # noqa: E402
 
 from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error  # noqa: E402
 

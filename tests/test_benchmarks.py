@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 
@@ -33,9 +32,8 @@ PRINTS = {
 }
 
 
-@pytest.mark.parametrize(
-    "script", [pytest.param(s, marks=pytest.mark.slow) if s != "compute_floor.py" else s for s in sorted(RUNS)]
-)  # throughput.py (four trainers, three evaluations) and scaling_n.py take 20-40 s each on 2 cores: slow suite
+@pytest.mark.slow  # 15-40 s each on 2 cores (throughput.py builds four trainers and evaluates three times)
+@pytest.mark.parametrize("script", sorted(RUNS))
 def test_benchmark_runs(script):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--threads", "1", *RUNS[script]],
                           capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip

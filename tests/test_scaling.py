@@ -1,20 +1,17 @@
 """Performance against N: the scaling sweep's config, and its report on hand-written studies of known returns."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import yaml
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-
-from conftest import CONFIG_DIR, REPO
-from sapg_torchrl.cli import report
-from sapg_torchrl.study import load_study, scaling_summary, write_scaling_report
-from sapg_torchrl.study.scaling import trend
 from test_report import FRAMES, _write_run
+
+from sapg_torchrl.cli import report
+from sapg_torchrl.study import load_study, scaling_summary
+from sapg_torchrl.study.scaling import trend
 
 # the PPO baseline's final return at each N: best at the middle N, then lower (a study where PPO degrades)
 PPO_AT = {12: 6.0, 24: 8.0, 48: 2.0}
@@ -68,18 +65,17 @@ def test_scaling_numbers_and_trends(scaling_folders):
     assert trend(scaling.final["no_split"]) == "degrades" and trend(scaling.final["sapg"]) == "flat"
 
 
-def test_scaling_report_from_the_command_line(scaling_folders, tmp_path):
+def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys):
     out = tmp_path / "report"
     folders = [str(scaling_folders / f"N{n}") for n in PPO_AT]
-    done = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), "--scaling", *folders, "--out", str(out),
-                           "--reps", "100"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert report.main(["--scaling", *folders, "--out", str(out), "--reps", "100"]) == out / "scaling.md"
+    assert capsys.readouterr().out.strip() == str(out / "scaling.md")
     text = (out / "scaling.md").read_text()
     assert (out / "scaling.png").stat().st_size > 0
     final_row, poi_row = (line for line in text.splitlines() if line.startswith("| no_split"))
     assert "| N=12 | N=24 | N=48 | trend |" in text and final_row.endswith("| degrades |")
     assert poi_row == "| no_split | 1 [1, 1] | 1 [1, 1] | 1 [1, 1] |"
-    assert "recipes/report.py --scaling" in text
+    assert "--scaling" in text
 
 
 @pytest.mark.parametrize(
