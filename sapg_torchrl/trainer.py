@@ -138,9 +138,6 @@ class SAPGTrainer:
             compile. Defaults to ``False``.
     """
 
-    EVAL_CHECK_STEPS = 16
-    """How often (in steps) :meth:`evaluate` checks whether every eval env has completed an episode."""
-
     def __init__(
         self,
         *,
@@ -436,25 +433,21 @@ class SAPGTrainer:
         ``eval_steps`` steps).
 
         Returns the mean return of each env's first complete episode (``eval/return``) and the number of envs
-        that completed one (``eval/episodes``). Stepping stops once every env has completed one (checked every
-        :attr:`EVAL_CHECK_STEPS` steps, one host read each): the steps after that do not change the result, and
-        on a task solved in short episodes they were most of an evaluation's cost.
+        that completed one (``eval/episodes``). TorchRL's ``rollout(break_when_all_done=True)`` stops each env at
+        the end of its first episode and the rollout once all have ended (one host read per step): the steps after
+        that would not change the result, and on a task solved in short episodes they were most of its cost.
         """
         if self.eval_env is None:
             return {}
-        env = self.eval_env
-        finished = torch.zeros(env.batch_size, dtype=torch.bool, device=env.device)
-        returns = torch.full(env.batch_size, float("nan"), device=env.device)
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
-            tensordict = env.reset()
-            for step in range(1, self.eval_steps + 1):
-                stepped, tensordict = env.step_and_maybe_reset(self.eval_policy(tensordict))
-                done = stepped.get(("next", "done")).reshape(env.batch_size)
-                first = done & ~finished
-                returns = torch.where(first, stepped.get(("next", "episode_reward")).reshape(env.batch_size), returns)
-                finished |= done
-                if step % self.EVAL_CHECK_STEPS == 0 and bool(finished.all()):
-                    break
+        with set_exploration_type(ExplorationType.DETERMINISTIC):  # each env stops at its first episode's end
+            rollout = self.eval_env.rollout(
+                self.eval_steps, self.eval_policy, break_when_any_done=False, break_when_all_done=True
+            )
+        done = rollout.get(("next", "done")).squeeze(-1)
+        first = done.int().argmax(-1, keepdim=True)
+        finished = done.any(-1)
+        returns = rollout.get(("next", "episode_reward")).squeeze(-1).gather(-1, first).squeeze(-1)
+        returns = torch.where(finished, returns, torch.full_like(returns, float("nan")))
         return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
 
     # --------------------------------------------------------------------------------------- checkpoint
