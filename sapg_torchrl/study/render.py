@@ -74,7 +74,8 @@ def _verdict(interval: Interval) -> str:
     return "indistinguishable"
 
 
-def _colors(variants: Sequence[str]) -> dict:
+def variant_colors(variants: Sequence[str]) -> dict:
+    """One fixed colour per variant (its place in :data:`VARIANT_ORDER`), the same in every plot and report."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -392,7 +393,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(study, reps=reps, seed=seed, diversity=diversity, max_states=max_states, ae_epochs=ae_epochs)
-    colors = _colors(study.variants)
+    colors = variant_colors(study.variants)
     plots = ["learning_curves.png", "final_scores.png"]
     _plot_learning_curves(study, summary, out_dir / plots[0], colors)
     _plot_final_scores(summary, out_dir / plots[1], colors)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sapg_torchrl.study.render import _colors
+from sapg_torchrl.study.render import variant_colors
 from sapg_torchrl.study.runs import REFERENCE, Study
 from sapg_torchrl.study.summary import NAN_INTERVAL, Interval, summarize
 
@@ -130,7 +130,7 @@ def _ci(interval: Interval) -> str:
 def _plot(scaling: Scaling, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    colors = _colors(scaling.variants)
+    colors = variant_colors(scaling.variants)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for variant in scaling.variants:
         ns = sorted(scaling.final[variant])
