@@ -57,7 +57,6 @@ from sapg_torchrl.cli import CONFIG_DIR  # noqa: E402
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tensordict.nn import AddStateIndependentNormalScale, TensorDictModule  # noqa: E402
 from torch import nn  # noqa: E402
@@ -66,7 +65,7 @@ from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOpe
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
-from sapg_torchrl.config import build_trainer  # noqa: E402
+from sapg_torchrl.config import build_trainer, simulator_factory  # noqa: E402
 from sapg_torchrl.envs import make_sapg_env  # noqa: E402
 from sapg_torchrl.errors import ConfigError  # noqa: E402
 from sapg_torchrl.nn import ACTIVATIONS  # noqa: E402
@@ -161,7 +160,7 @@ class StockPPO:
         torch.manual_seed(cfg.seed)
         self.device = device = torch.device(device)
         N, T = e.num_envs, ppo.horizon
-        make_base = instantiate(e.make, _partial_=True)
+        make_base = simulator_factory(e.make, device)
         # the very env SAPG trains on (same transforms); the block ids are ignored by this policy
         env = make_sapg_env(
             make_base(num_envs=N, seed=cfg.seed), torch.zeros(N, dtype=torch.long), reward_scale=e.reward_scale
@@ -407,7 +406,7 @@ def main(argv=None) -> int:
         "horizon": cfg.ppo.horizon,
         "epochs": cfg.ppo.epochs,
         "minibatch_size": variants[0].trainer.minibatch_size,
-        "env": cfg.env.make.env_name if "env_name" in cfg.env.make else str(cfg.env.make),
+        "env": cfg.env.make.get("env_name") or cfg.env.make._target_.rsplit(".", 1)[-1],
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

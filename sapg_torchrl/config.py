@@ -111,6 +111,14 @@ RANK_SEED_STRIDE = 10_000
 rank."""
 
 
+def simulator_factory(make: DictConfig, device: torch.device, ranks: Ranks = SINGLE):
+    """``make_base(num_envs=, seed=)`` from an ``env.make`` config. A simulator with ``device: auto`` runs where the
+    learner runs (``device``), and so does each rank's under NCCL; any other ``device`` is left as written."""
+    if "device" in make and (make.device == "auto" or (ranks.distributed and device.type == "cuda")):
+        return instantiate(make, _partial_=True, device=str(device))
+    return instantiate(make, _partial_=True)
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=(), make_env=None, ranks: Ranks = SINGLE
 ) -> SAPGTrainer:
@@ -127,10 +135,7 @@ def build_trainer(
     num_envs = split_envs(e.num_envs, s.num_blocks, ranks.world_size) if ranks.distributed else e.num_envs
     layout = BlockLayout(num_envs, s.num_blocks, s.leader)
     rank_seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank
-    simulator_device = {}
-    if ranks.distributed and device.type == "cuda" and "device" in e.make:  # each rank's simulator on its own GPU
-        simulator_device = {"device": str(device)}
-    make_base = make_env or instantiate(e.make, _partial_=True, **simulator_device)
+    make_base = make_env or simulator_factory(e.make, device, ranks)
     env = make_sapg_env(
         make_base(num_envs=layout.num_envs, seed=rank_seed),
         layout.block_ids(),

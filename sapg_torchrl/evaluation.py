@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.checkpoint import load_newest_checkpoint
-from sapg_torchrl.config import Agent, build_agent, device_of
+from sapg_torchrl.config import Agent, build_agent, device_of, simulator_factory
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.errors import ConfigError
 
@@ -122,7 +121,7 @@ def evaluate_run(
     device = device_of(device)
     chosen = _blocks(blocks, _layout(cfg))
     block_ids = torch.tensor(chosen).repeat_interleave(episodes)
-    make_base = instantiate(cfg.env.make, _partial_=True)
+    make_base = simulator_factory(cfg.env.make, device)
     env = make_sapg_env(make_base(num_envs=len(block_ids), seed=seed + 2_000_000), block_ids,
                         reward_scale=cfg.env.reward_scale)  # fmt: skip
     agent = _agent(cfg, state, env, device)
@@ -187,7 +186,7 @@ def record_video(
             f"renderable presets: {', '.join(RENDERABLE_PRESETS)}"
         ) from None
     torch.manual_seed(seed)
-    make_base = instantiate(cfg.env.make, _partial_=True)
+    make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
     probe_env = make_sapg_env(make_base(num_envs=1, seed=seed), torch.zeros(1, dtype=torch.long))
     agent = _agent(cfg, state, probe_env, torch.device("cpu"))
     probe_env.close()

@@ -9,7 +9,28 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.modules import set_recurrent_mode
 
-__all__ = ["n_step_return", "rollout_state_values", "standardize_advantage"]
+__all__ = ["fill_lost_final_observations", "n_step_return", "rollout_state_values", "standardize_advantage"]
+
+
+@torch.no_grad()
+def fill_lost_final_observations(data: TensorDictBase, key="observation") -> TensorDictBase:
+    """Puts ``s_t`` where ``s_{t+1}`` was lost, in place: an env that resets inside its step (TorchRL's native
+    auto-reset: IsaacGym-style GPU simulators, :class:`~sapg_torchrl.envs.pendulum.TorchPendulumEnv`) leaves NaN as
+    the next observation of the step that ended an episode. A truncated step then bootstraps from ``V(s_t)``, the
+    released code's ``r_t += gamma V(s_t)`` at a time-out, and TorchRL's own estimators' substitution; a terminated
+    one does not bootstrap at all. Branch-free (no host sync).
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict(observation=torch.ones(1, 2, 1), next=TensorDict(observation=torch.tensor([[[2.0], [float("nan")]]]),
+        ...     batch_size=[1, 2]), batch_size=[1, 2])
+        >>> fill_lost_final_observations(data)["next", "observation"].flatten()
+        tensor([2., 1.])
+    """
+    following = data.get("next")
+    final = following.get(key)
+    following.set(key, torch.where(final.isnan(), data.get(key), final))
+    return data
 
 
 @torch.no_grad()

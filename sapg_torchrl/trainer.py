@@ -45,9 +45,14 @@ from sapg_torchrl.checkpoint import save_checkpoint
 from sapg_torchrl.distributed import SINGLE, Ranks, update_running_norm
 from sapg_torchrl.errors import ConfigError, Preempted
 from sapg_torchrl.loss import SAPGLoss
-from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
+from sapg_torchrl.targets import (
+    fill_lost_final_observations,
+    n_step_return,
+    rollout_state_values,
+    standardize_advantage,
+)
 
-__all__ = ["SAPGTrainer", "CRITIC_TARGETS", "ADVANTAGE_NORMS", "minibatch_sizes"]
+__all__ = ["ADVANTAGE_NORMS", "CRITIC_TARGETS", "SAPGTrainer", "minibatch_sizes"]
 
 CRITIC_TARGETS = ("gae", "n_step")
 ADVANTAGE_NORMS = ("global", "per_block", "none")
@@ -244,7 +249,10 @@ class SAPGTrainer:
             env_device=env.device,
             auto_register_policy_transforms=False,
             compile_policy=True if compile else None,
+            track_traj_ids=False,  # unused here, and its bookkeeping reads the done flags on the host every step
         )
+        # an env that resets inside its step (TorchRL's native auto-reset) loses the final observation: NaN
+        self.final_observation_lost = bool(env.__dict__.get("_torchrl_native_autoreset", False))
         keys = self.loss.tensor_keys
         self._batch_keys = list(
             dict.fromkeys(
@@ -274,6 +282,8 @@ class SAPGTrainer:
         """Targets, relabelled rows and standardised advantages: the batch the epochs run over, flat rows
         (``[(N + relabelled) * T]``), or sequences (``[N + relabelled, T]``) for a recurrent policy."""
         keys = self.loss.tensor_keys
+        if self.final_observation_lost:
+            fill_lost_final_observations(data)
         # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
         rollout_state_values(self.critic, data, keys.value)
         self.gae(data)

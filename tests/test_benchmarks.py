@@ -24,11 +24,13 @@ RUNS = {
     "throughput.py": ["--num-envs", "12", "--rounds", "1", "--iters", "1", "--warmup", "0", "--no-disjoint", "--eval"],
     "compute_floor.py": ["--num-envs", "12", "--rounds", "1", "--iters", "1"],
     "scaling_n.py": ["--num-envs", "12,24", "--rounds", "1", "--iters", "1", "--warmup", "0"],
+    "gpu_check.py": ["--device", "cpu", "--num-envs", "12", "--rounds", "1", "--iters", "1", "--no-brax"],
 }
 PRINTS = {
     "throughput.py": ["| sapg ", "| stock ", "evaluation (sapg)", "% of training time"],
     "compute_floor.py": ["no_split  rows", "sapg      rows", "ms/step", "ratio"],
     "scaling_n.py": ["| 12 |", "| 24 |", "s/iter per 1000 envs"],
+    "gpu_check.py": ["env=TorchPendulumEnv", "| sapg ", "| no_split ", "| stock ", "host sync check: passed"],
 }
 
 
@@ -49,6 +51,9 @@ def test_benchmark_runs(script):
     ("throughput.py", ["--num-envs", "100"], "num_envs=100 is not divisible by num_blocks=6"),
     ("rl_games_vs_ours.py", ["--tasks", "Hopper-v4"], "'Hopper-v4' is not accepted; accepted: MountainCarContinuous-v0"),
     ("rl_games_vs_ours.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a multiple of 6"),
+    ("gpu_check.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
+    ("gpu_check.py", ["--device", "cuda:0"], "--device=cuda:0 is not accepted here: cpu (to try it for size), or cuda"),
+    ("gpu_check.py", ["--device", "cpu", "--iters", "0"], "--iters=0 is not accepted: an integer >= 1"),
 ])  # fmt: skip
 def test_benchmark_refuses_bad_values(script, args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -18,8 +18,9 @@ from sapg_torchrl.config import build_trainer, train
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.envs.gpu import sapg_view
 
-CPU_PRESETS = {  # preset: (envpool or Brax task, observation dim, action dim)
+CPU_PRESETS = {  # preset: (envpool or Brax task, or the env class, observation dim, action dim)
     "brax_ant": ("ant", 27, 8),
+    "torch_pendulum": ("TorchPendulumEnv", 3, 1),
     "halfcheetah": ("HalfCheetah-v4", 17, 6),
     "hopper": ("Hopper-v4", 11, 3),
     "ball_in_cup_catch": ("BallInCupCatch-v1", 8, 2),
@@ -29,7 +30,7 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, observation dim, action dim)
     "hand_block_rotate": ("HandManipulateBlockRotateZ-v1", 75, 20),
     "leap_cube_reorient": ("LeapCubeReorient-v1", 185, 16),
 }
-EPISODE_LENGTH = {"adroit_pen": 200, "hand_block_rotate": 100}  # the others: 1000
+EPISODE_LENGTH = {"adroit_pen": 200, "hand_block_rotate": 100, "torch_pendulum": 200}  # the others: 1000
 GPU_PRESETS = {  # preset: (what the error must name, T, epochs, lr, clip, hidden, entropy scale)
     "isaacgym_allegrohand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 256, 128], 0.0),
     "isaacgym_shadowhand": ("IsaacGym", 8, 5, 5e-4, 0.2, [512, 512, 256, 128], 0.005),
@@ -55,7 +56,7 @@ def test_every_preset_is_covered(repo_root):
 def test_cpu_preset_settings(compose_cfg, preset):
     """N a multiple of M = 6, the task's own episode length for evaluation, an ELU MLP."""
     cfg = compose_cfg(f"env={preset}")
-    assert cfg.env.make.env_name == CPU_PRESETS[preset][0]
+    assert (cfg.env.make.get("env_name") or cfg.env.make._target_.rsplit(".", 1)[-1]) == CPU_PRESETS[preset][0]
     assert cfg.sapg.num_blocks == 6 and cfg.env.num_envs % 6 == 0
     assert cfg.env.eval_steps == EPISODE_LENGTH.get(preset, 1000)
     assert cfg.network.activation == "elu" and cfg.total_frames > 0

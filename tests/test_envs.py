@@ -161,3 +161,41 @@ def test_dict_observations_are_concatenated_in_the_given_order():
 def test_unknown_observation_keys_name_the_tasks_own():
     with pytest.raises(ConfigError, match=r"names \['goal'\].*\['achieved_goal', 'desired_goal', 'observation'\]"):
         EnvpoolEnv(2, "HandManipulateBlockRotateZ-v1", observation_keys=["observation", "goal"])
+
+
+def test_torch_pendulum_steps_like_gymnasiums_pendulum():
+    """Same dynamics and reward as Gymnasium's Pendulum-v1, from the same states and torques."""
+    gym = pytest.importorskip("gymnasium")
+    from sapg_torchrl.envs.pendulum import TorchPendulumEnv
+
+    env = TorchPendulumEnv(5)
+    check_env_specs(env)
+    start = env.reset()
+    reference = gym.make("Pendulum-v1").unwrapped
+    reference.reset(seed=0)
+    angle, speed = env.angle.clone(), env.speed.clone()
+    torque = torch.tensor([-3.0, -1.0, 0.0, 0.5, 2.0])  # -3 is clipped to -2, as in Gymnasium
+    out = env.step(start.set("action", torque[:, None]))["next"]
+    for i in range(5):
+        reference.state = [angle[i].item(), speed[i].item()]
+        observation, reward, *_ = reference.step([torque[i].item()])
+        torch.testing.assert_close(out["observation"][i], torch.as_tensor(observation, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+        assert out["reward"][i].item() == pytest.approx(reward, abs=1e-4)
+
+
+def test_torch_pendulum_resets_inside_its_step_and_training_bootstraps_from_the_current_state(tiny_cfg):
+    """Native auto-reset: no TorchRL reset call, episodes truncated on time, the lost final observation (NaN in the
+    rollout) replaced by the current one before any critic sees it."""
+    from sapg_torchrl.config import build_trainer
+
+    env = ("env=torch_pendulum", "env.num_envs=12", "~env.make.create_env_kwargs", "+env.make.episode_length=3")
+    trainer = build_trainer(tiny_cfg(*env, "train.eval_interval=0"))
+    data = next(iter(trainer.collector))
+    truncated = data["next", "truncated"].squeeze(-1)
+    assert truncated[:, 2].all() and not data["next", "terminated"].any()
+    assert data["next", "observation"][truncated].isnan().all()
+    batch = trainer.prepare(data)
+    assert trainer.final_observation_lost
+    torch.testing.assert_close(data["next", "observation"][truncated], data["observation"][truncated])
+    assert not batch.isnan().any()
+    trainer.collector.shutdown()

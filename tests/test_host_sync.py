@@ -86,3 +86,14 @@ def test_collection_adds_no_host_read_of_ours(tiny_cfg, host_reads):
     trainer.collector.shutdown()
     ours = {where: n for where, n in reads.items() if where[3]}
     assert not ours, ours
+
+
+def test_collection_on_a_self_resetting_torch_env_reads_the_host_nowhere(tiny_cfg, host_reads):
+    """On an env that resets inside its step (the GPU check's pure-torch pendulum), collecting and preparing a batch
+    makes no host read at all, TorchRL's collector included, across episode ends (5-step episodes, 3 batches of 4)."""
+    env = ("env=torch_pendulum", "env.num_envs=12", "~env.make.create_env_kwargs", "+env.make.episode_length=5")
+    trainer, batches, _ = trainer_and_batch(tiny_cfg, *env)
+    reads = host_reads(lambda: [trainer.prepare(next(batches)) for _ in range(3)])
+    trainer.collector.shutdown()
+    assert trainer.episodes.sum() > 0
+    assert not reads, reads

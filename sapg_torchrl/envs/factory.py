@@ -9,15 +9,17 @@ and need no syncing with evaluation envs."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torchrl.envs import EnvBase, TransformedEnv
 from tensordict import TensorDictBase
-from torchrl.envs.transforms import Compose, DoubleToFloat, InitTracker, RewardScaling, RewardSum, Transform
+from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs.transforms import Compose, DoubleToFloat, InitTracker, RewardSum, Transform, UnaryTransform
 from torchrl.modules.utils import get_primers_from_module
 
 from sapg_torchrl.envs.block_id import BlockIdTransform
 
-__all__ = ["make_sapg_env", "ClampAction", "track_recurrent_states"]
+__all__ = ["ClampAction", "make_sapg_env", "track_recurrent_states"]
 
 
 class ClampAction(Transform):
@@ -81,7 +83,8 @@ def make_sapg_env(
         transforms.append(ClampAction(low.float(), high.float()))
     transforms.append(RewardSum())
     if reward_scale != 1.0:
-        transforms.append(RewardScaling(loc=0.0, scale=reward_scale))
+        # not TorchRL's RewardScaling: it branches on a tensor buffer every step, a host sync on a GPU
+        transforms.append(UnaryTransform(["reward"], ["reward"], fn=functools.partial(torch.mul, other=reward_scale)))
     transforms.append(BlockIdTransform(block_ids))
     return TransformedEnv(base_env, Compose(*transforms))
 
