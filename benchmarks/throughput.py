@@ -76,8 +76,9 @@ PHASES = ("collect", "targets", "update")
 
 
 # ------------------------------------------------------------------------------------------------ config
-def compose_config(ablation: str, args: argparse.Namespace) -> DictConfig:
-    """``sapg_torchrl/configs/sapg.yaml`` with the benchmark's overrides (what ``recipes/sapg.py`` would get)."""
+def compose_config(ablation: str, args: argparse.Namespace, extra=()) -> DictConfig:
+    """``sapg_torchrl/configs/sapg.yaml`` with the benchmark's overrides (what ``recipes/sapg.py`` would get), then
+    ``extra`` ones."""
     overrides = [
         f"ablation={ablation}",
         "logger.wandb=false",
@@ -94,6 +95,7 @@ def compose_config(ablation: str, args: argparse.Namespace) -> DictConfig:
         overrides.append(f"ppo.horizon={args.horizon}")
     if args.epochs is not None:
         overrides.append(f"ppo.epochs={args.epochs}")
+    overrides += list(extra)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="sapg", overrides=overrides)
     # enough frames for every iteration the benchmark runs (the collector stops at total_frames)
@@ -323,15 +325,15 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         + f"; measured in {meta['measure_wall_s']:.0f} s; "
         f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}",
         "",
-        "| variant  | s/iter | frames/s | collect s | targets s | update s | collect % | rows/iter "
+        "| variant   | s/iter | frames/s | collect s | targets s | update s | collect % | rows/iter "
         "| minibatch steps | params |",
-        "|----------|-------:|---------:|----------:|----------:|---------:|----------:|----------:"
+        "|-----------|-------:|---------:|----------:|----------:|---------:|----------:|----------:"
         "|----------------:|-------:|",
     ]
     for name, r in results.items():
         phase_sum = sum(r[f"{p}_s"] for p in PHASES)
         lines.append(
-            f"| {name:<8} | {r['time_per_iter_s']:6.3f} | {r['frames_per_s']:8.0f} | {r['collect_s']:9.3f} "
+            f"| {name:<9} | {r['time_per_iter_s']:6.3f} | {r['frames_per_s']:8.0f} | {r['collect_s']:9.3f} "
             f"| {r['targets_s']:9.3f} | {r['update_s']:8.3f} | {100 * r['collect_s'] / phase_sum:8.1f}% "
             f"| {r['rows_per_iter']:9d} | {r['minibatch_steps_per_iter']:15d} | {r['params']:6d} |"
         )
@@ -340,6 +342,7 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         "sapg_over_stock_fps": ("sapg / stock (frames/s)", "target >= 1.00x"),
         "sapg_over_no_split_time": ("sapg / no_split (time per iteration)", "target <= 1.10x"),
         "disjoint_over_sapg_time": ("disjoint / sapg (time per iteration)", "extra, expected > 1"),
+        "sapg_bf16_over_sapg_time": ("sapg_bf16 / sapg (time per iteration)", "extra, < 1 if bf16 helps"),
     }
     if "eval" in meta:
         e = meta["eval"]
@@ -369,6 +372,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--env", default=None, help="env config group (sapg_torchrl/configs/env); default: the config's")
     p.add_argument("--no-disjoint", action="store_true", help="skip the disjoint ablation line")
+    p.add_argument("--bf16", action="store_true", help="add a line: sapg with train.precision=bfloat16")
     p.add_argument("--eval", action="store_true",
                    help="also time sapg's evaluation and report its share of training time at the config's interval")
     p.add_argument(
@@ -396,6 +400,9 @@ def main(argv=None) -> int:
     names = ["sapg", "no_split"] + ([] if args.no_disjoint else ["disjoint"])
     with exit_on_config_error():
         cfgs = {name: compose_config(name, args) for name in names}
+        if args.bf16:
+            names.append("sapg_bf16")
+            cfgs["sapg_bf16"] = compose_config("sapg", args, ["train.precision=bfloat16"])
         cfg = cfgs["sapg"]
         print(f"building {', '.join(names)} and stock ...", flush=True)
         variants = [SAPGVariant(name, cfgs[name]) for name in names]
@@ -433,6 +440,7 @@ def main(argv=None) -> int:
         "sapg_over_stock_fps": ratio(results, "sapg", "stock", inverse=True),
         "sapg_over_no_split_time": ratio(results, "sapg", "no_split"),
         "disjoint_over_sapg_time": ratio(results, "disjoint", "sapg"),
+        "sapg_bf16_over_sapg_time": ratio(results, "sapg_bf16", "sapg"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
     text = render(meta, results, ratios)

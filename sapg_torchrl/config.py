@@ -171,7 +171,7 @@ def build_trainer(
         run_dir=run_dir if ranks.is_main else None, checkpoint_interval=cfg.train.checkpoint_interval,
         checkpoint_minutes=cfg.train.checkpoint_minutes, keep_checkpoints=cfg.train.keep_checkpoints,
         progress=cfg.train.progress and ranks.is_main, device=device, hooks=hooks, seed=rank_seed, ranks=ranks,
-        compile=cfg.train.compile,
+        compile=cfg.train.compile, precision=cfg.train.precision,
     )  # fmt: skip
 
 

@@ -300,6 +300,13 @@ class TrainSettings:
         "numbers to float tolerance, less Python overhead per call; the first calls compile (a minute or more each "
         "on a CPU); see ``benchmarks/README.md``",
     )
+    precision: str = setting(
+        "float32",
+        "``float32`` | ``bfloat16``: ``bfloat16`` runs the update's forward passes under ``torch.autocast`` (matrix "
+        "products in bf16; the backward follows; parameters, optimizer and the rollout stay float32); see "
+        "``benchmarks/README.md`` for what it buys",
+        OneOf("float32", "bfloat16"),
+    )
     distributed_backend: str = setting(
         "auto",
         "under ``torchrun`` (several processes, :doc:`scaling_out`): ``auto`` (NCCL when the learner is on CUDA, gloo "

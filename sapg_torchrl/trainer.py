@@ -141,6 +141,8 @@ class SAPGTrainer:
         compile (bool): ``torch.compile`` the loss (its backward follows), the collector's policy (TorchRL's
             ``compile_policy``) and the evaluation policy. The same numbers to float tolerance; the first calls
             compile. Defaults to ``False``.
+        precision (str): ``"float32"``, or ``"bfloat16"``: the update's loss forward under ``torch.autocast`` in bf16
+            (the backward follows it; parameters, Adam and the rollout stay float32). Defaults to ``"float32"``.
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class SAPGTrainer:
         ranks: Ranks = SINGLE,
         sync_check_interval: int = 10,
         compile: bool = False,
+        precision: str = "float32",
     ):
         if critic_target not in CRITIC_TARGETS:
             raise ConfigError(f"critic_target={critic_target!r} is not accepted: use one of {list(CRITIC_TARGETS)}")
@@ -231,6 +234,9 @@ class SAPGTrainer:
 
         # torch.compile wraps the same modules: parameters, checkpoints and the eager paths are unchanged
         self.loss_forward = torch.compile(loss) if compile else loss
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision={precision!r} is not accepted: float32 or bfloat16")
+        self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bfloat16")
         self.eval_policy = torch.compile(actor) if compile and eval_env is not None else actor
         self.params = [p for p in loss.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=lr)
@@ -374,10 +380,11 @@ class SAPGTrainer:
             epoch_out = []
             perm = torch.randperm(units, device=self.device, generator=self.generator)
             for index in perm.split(sizes):
-                out = self.loss_forward(batch[index])
-                if track_reference:  # this epoch's policy on these rows: the next epoch's KL reference
-                    batch.set_at_(keys.loc, out.pop(keys.loc), index)
-                    batch.set_at_(keys.scale, out.pop(keys.scale), index)
+                with self.autocast:
+                    out = self.loss_forward(batch[index])
+                if track_reference:  # this epoch's policy on these rows (float32 under bf16): the next epoch's KL reference
+                    batch.set_at_(keys.loc, out.pop(keys.loc).float(), index)
+                    batch.set_at_(keys.scale, out.pop(keys.scale).float(), index)
                 total = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
