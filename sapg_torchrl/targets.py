@@ -15,7 +15,7 @@ __all__ = ["fill_lost_final_observations", "n_step_return", "rollout_state_value
 @torch.no_grad()
 def fill_lost_final_observations(data: TensorDictBase, key="observation") -> TensorDictBase:
     """Puts ``s_t`` where ``s_{t+1}`` was lost, in place: an env that resets inside its step (TorchRL's native
-    auto-reset: IsaacGym-style GPU simulators, :class:`~sapg_torchrl.envs.pendulum.TorchPendulumEnv`) leaves NaN as
+    auto-reset, e.g. :class:`~sapg_torchrl.envs.pendulum.TorchPendulumEnv` or TorchRL's MJLab wrapper) leaves NaN as
     the next observation of the step that ended an episode. A truncated step then bootstraps from ``V(s_t)``, the
     released code's ``r_t += gamma V(s_t)`` at a time-out, and TorchRL's own estimators' substitution; a terminated
     one does not bootstrap at all. Branch-free (no host sync).
