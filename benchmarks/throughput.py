@@ -42,6 +42,7 @@ runs with torch's default (printed in the header), in the same process, so they 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -65,7 +66,8 @@ from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOpe
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
-from sapg_torchrl.config import build_trainer, simulator_factory  # noqa: E402
+from sapg_torchrl.config import build_trainer, leader_eval_env, simulator_factory  # noqa: E402
+from sapg_torchrl.evaluator import BackgroundEvaluator  # noqa: E402
 from sapg_torchrl.envs import make_sapg_env  # noqa: E402
 from sapg_torchrl.errors import ConfigError  # noqa: E402
 from sapg_torchrl.nn import ACTIVATIONS  # noqa: E402
@@ -100,7 +102,8 @@ def compose_config(ablation: str, args: argparse.Namespace, extra=()) -> DictCon
         cfg = compose(config_name="sapg", overrides=overrides)
     # enough frames for every iteration the benchmark runs (the collector stops at total_frames)
     frames = cfg.env.num_envs * cfg.ppo.horizon
-    cfg.total_frames = frames * (args.rounds * (args.warmup + args.iters) + 2)
+    background_eval = 3 * cfg.train.eval_interval if getattr(args, "eval", False) else 0  # measure_background_eval's
+    cfg.total_frames = frames * (args.rounds * (args.warmup + args.iters) + 2 + background_eval)
     return cfg
 
 
@@ -276,6 +279,39 @@ def measure_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) 
             "episodes": out["eval/episodes"], "fraction": eval_s / (eval_s + interval * per_iter)}  # fmt: skip
 
 
+def measure_background_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) -> dict:
+    """What ``train.eval_async`` costs the training loop: the same evaluation in a child process
+    (:class:`~sapg_torchrl.evaluator.BackgroundEvaluator`) while ``variant`` trains. Per evaluation: the weights'
+    hand-over, plus the iterations run until it finished minus their time without it (the median per iteration
+    measured above), plus any wait at the next evaluation's turn (``interval`` iterations later); its share of
+    training time is that over ``interval x time per iteration``."""
+    e, trainer = cfg.env, variant.trainer
+    make_env = functools.partial(leader_eval_env, simulator_factory(e.make, variant.device), e.eval_envs,
+                                 cfg.seed + 1_000_000, trainer.layout.leader, e.reward_scale)  # fmt: skip
+    evaluator = BackgroundEvaluator(make_env, trainer.actor, e.eval_steps)
+    try:
+        evaluator.submit(0, trainer.actor)
+        evaluator.result(0, wait=True)  # the child's start-up and first rollout, not counted
+        per_iter, interval, costs = results_so_far[variant.name]["time_per_iter_s"], cfg.train.eval_interval, []
+        for rep in range(1, reps + 1):
+            t0 = time.perf_counter()
+            evaluator.submit(rep, trainer.actor)
+            cost, iterations, finished = time.perf_counter() - t0, 0, None
+            while finished is None and iterations < interval:
+                cost += sum(variant.iteration().values()) - per_iter
+                iterations += 1
+                finished = evaluator.result(rep)
+            if finished is None:  # still running at the next evaluation's turn: the trainer waits for it
+                t0 = time.perf_counter()
+                evaluator.result(rep, wait=True)
+                cost += time.perf_counter() - t0
+            costs.append(cost)
+    finally:
+        evaluator.close()
+    cost = statistics.median(costs)
+    return {"cost_s": cost, "fraction": max(cost, 0.0) / (interval * per_iter)}
+
+
 def _median(values) -> float:
     return statistics.median(values)
 
@@ -350,6 +386,11 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
             f"{'evaluation (sapg)':<38} {e['eval_s']:.3f} s each ({e['envs']} envs, <= {e['max_steps']} steps), every "
             f"{e['interval']} iterations: {100 * e['fraction']:.1f}% of training time (target <= 5%)"
         )
+        if "background" in e:
+            lines.append(
+                f"{'  in the background (eval_async)':<38} {e['background']['cost_s']:.3f} s of training each: "
+                f"{100 * e['background']['fraction']:.1f}% of training time"
+            )
     for key, (label, target) in labels.items():
         r = ratios.get(key)
         if r is None:
@@ -429,7 +470,9 @@ def main(argv=None) -> int:
         iters = {v.name: args.iters for v in variants}
         samples = measure(variants, args.rounds, args.warmup, iters)
         if args.eval:  # after the timed iterations, in the same warm process
-            meta["eval"] = measure_eval(variants[0], cfgs["sapg"], results_so_far=summarize(variants, samples))
+            so_far = summarize(variants, samples)
+            meta["eval"] = measure_eval(variants[0], cfgs["sapg"], results_so_far=so_far)
+            meta["eval"]["background"] = measure_background_eval(variants[0], cfgs["sapg"], results_so_far=so_far)
     finally:
         for v in variants:
             v.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from sapg_torchrl.checkpoint import load_newest_checkpoint
 from sapg_torchrl.distributed import SINGLE, Ranks, from_environment, split_envs
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.evaluator import BackgroundEvaluator
 from sapg_torchrl.logging import CSVSink, WandbSink, aside
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
@@ -119,6 +121,12 @@ def simulator_factory(make: DictConfig, device: torch.device, ranks: Ranks = SIN
     return instantiate(make, _partial_=True)
 
 
+def leader_eval_env(make_base, num_envs: int, seed: int, leader: int, reward_scale: float):
+    """The evaluation envs: ``num_envs`` fresh envs of the task, all in the leader's block."""
+    block_ids = torch.full((num_envs,), leader)
+    return make_sapg_env(make_base(num_envs=num_envs, seed=seed), block_ids, reward_scale=reward_scale)
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: str | Path | None = None, sinks=(), hooks=(), make_env=None, ranks: Ranks = SINGLE
 ) -> SAPGTrainer:
@@ -153,20 +161,22 @@ def build_trainer(
             importance_correction=s.importance_correction, clip_mode=s.clip_mode, actor=actor,
             log_prob_key=loss.tensor_keys.sample_log_prob, generator=torch.Generator().manual_seed(cfg.seed),
         )  # fmt: skip
-    eval_env = None
+    eval_env = evaluator = None
     if cfg.train.eval_interval and ranks.is_main:
-        eval_env = make_sapg_env(
-            make_base(num_envs=e.eval_envs, seed=cfg.seed + 1_000_000),
-            torch.full((e.eval_envs,), layout.leader),
-            reward_scale=e.reward_scale,
+        make_eval_env = functools.partial(
+            leader_eval_env, make_base, e.eval_envs, cfg.seed + 1_000_000, layout.leader, e.reward_scale
         )
-        track_recurrent_states(eval_env, actor)
+        if cfg.train.eval_async:
+            evaluator = BackgroundEvaluator(make_eval_env, actor, e.eval_steps)
+        else:
+            eval_env = track_recurrent_states(make_eval_env(), actor)
     return SAPGTrainer(
         env=env, actor=actor, critic=critic, loss=loss, layout=layout, aggregator=aggregator,
         total_frames=cfg.total_frames, horizon=ppo.horizon, gamma=ppo.gamma, lmbda=ppo.lmbda, epochs=ppo.epochs,
         minibatch_size=ppo.minibatch_size, num_minibatches=ppo.num_minibatches, lr=ppo.lr, kl_target=ppo.kl_target,
         max_grad_norm=ppo.max_grad_norm, critic_target=ppo.critic_target, n_step=ppo.n_step,
         advantage_norm=s.advantage_norm, value_norm=value_norm, observation_norm=observation_norm, eval_env=eval_env,
+        evaluator=evaluator,
         eval_interval=cfg.train.eval_interval, eval_steps=e.eval_steps, sinks=sinks if ranks.is_main else (),
         run_dir=run_dir if ranks.is_main else None, checkpoint_interval=cfg.train.checkpoint_interval,
         checkpoint_minutes=cfg.train.checkpoint_minutes, keep_checkpoints=cfg.train.keep_checkpoints,

@@ -286,6 +286,12 @@ class TrainSettings:
     these)."""
 
     eval_interval: int = setting(10, "evaluate the leader every this many iterations, and at the first and last; 0: never", NATURAL)
+    eval_async: bool = setting(
+        False,
+        "evaluate in a child process on a copy of the weights while training goes on (same numbers; each "
+        "evaluation is logged at the first iteration after it finished, with ``eval/iteration``); see "
+        "``benchmarks/README.md``",
+    )
     checkpoint_interval: int = setting(0, "checkpoint every this many iterations; 0: only at the end", NATURAL)
     checkpoint_minutes: Optional[float] = setting(10, "also checkpoint every this many minutes (``null``: off)", POSITIVE)
     keep_checkpoints: int = setting(3, "periodic checkpoints kept, the newest; final ones are never deleted", COUNT)

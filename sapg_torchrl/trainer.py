@@ -21,6 +21,7 @@ statistics, the learning rate's KL, the episode returns and the stop signal are 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
-from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.envs import EnvBase
 from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import KLAdaptiveLR
@@ -44,6 +45,7 @@ from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.checkpoint import save_checkpoint
 from sapg_torchrl.distributed import SINGLE, Ranks, update_running_norm
 from sapg_torchrl.errors import ConfigError, Preempted
+from sapg_torchrl.evaluator import BackgroundEvaluator, evaluate_leader
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.targets import (
     fill_lost_final_observations,
@@ -116,6 +118,10 @@ class SAPGTrainer:
             rollout's observations (first from a reset before training).
         eval_env (EnvBase, optional): envs running the leader only (deterministic actions), for
             :meth:`evaluate`.
+        evaluator (BackgroundEvaluator, optional): evaluates in a child process instead of ``eval_env``, while
+            training goes on (:class:`~sapg_torchrl.evaluator.BackgroundEvaluator`). An iteration's metrics then
+            reach the sinks once its evaluation finished, in order and complete, as inline; before a checkpoint
+            and at the end, the trainer waits for the evaluations still running.
         eval_interval (int): evaluate every this many iterations (and at the first and last). ``0`` never.
         eval_steps (int): the most steps of an evaluation (one episode's length); it stops earlier once every
             eval env has completed an episode.
@@ -171,6 +177,7 @@ class SAPGTrainer:
         value_norm: ValueNorm | None = None,
         observation_norm: ValueNorm | None = None,
         eval_env: EnvBase | None = None,
+        evaluator: BackgroundEvaluator | None = None,
         eval_interval: int = 10,
         eval_steps: int = 1000,
         sinks: Iterable[MetricsSink] = (),
@@ -222,6 +229,7 @@ class SAPGTrainer:
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=None)
         self.gae.set_keys(**{k: getattr(loss.tensor_keys, k) for k in ("advantage", "value_target", "value", "reward", "done", "terminated")})
         self.eval_env, self.eval_interval, self.eval_steps = eval_env, eval_interval, eval_steps
+        self.evaluator = evaluator
         self.sinks, self.hooks = list(sinks), list(hooks)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint_interval = checkpoint_interval
@@ -447,25 +455,10 @@ class SAPGTrainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Runs the leader, deterministically, on fresh eval envs until each has completed an episode (at most
-        ``eval_steps`` steps).
-
-        Returns the mean return of each env's first complete episode (``eval/return``) and the number of envs
-        that completed one (``eval/episodes``). TorchRL's ``rollout(break_when_all_done=True)`` stops each env at
-        the end of its first episode and the rollout once all have ended (one host read per step): the steps after
-        that would not change the result, and on a task solved in short episodes they were most of its cost.
-        """
+        ``eval_steps`` steps): :func:`~sapg_torchrl.evaluator.evaluate_leader` on ``eval_env``."""
         if self.eval_env is None:
             return {}
-        with set_exploration_type(ExplorationType.DETERMINISTIC):  # each env stops at its first episode's end
-            rollout = self.eval_env.rollout(
-                self.eval_steps, self.eval_policy, break_when_any_done=False, break_when_all_done=True
-            )
-        done = rollout.get(("next", "done")).squeeze(-1)
-        first = done.int().argmax(-1, keepdim=True)
-        finished = done.any(-1)
-        returns = rollout.get(("next", "episode_reward")).squeeze(-1).gather(-1, first).squeeze(-1)
-        returns = torch.where(finished, returns, torch.full_like(returns, float("nan")))
-        return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
+        return evaluate_leader(self.eval_env, self.eval_policy, self.eval_steps)
 
     # --------------------------------------------------------------------------------------- checkpoint
     @property
@@ -548,6 +541,20 @@ class SAPGTrainer:
         )
 
     # --------------------------------------------------------------------------------------------- loop
+    def _log(self, rows: collections.deque, wait: bool) -> None:
+        """Hands the iterations' metrics to the sinks, in order, each once its background evaluation finished
+        (``wait``: waits for them)."""
+        while rows:
+            iteration, metrics, evaluating = rows[0]
+            if evaluating:
+                result = self.evaluator.result(iteration, wait=wait)
+                if result is None:
+                    return
+                metrics.update(result)
+            rows.popleft()
+            for sink in self.sinks:
+                sink(metrics, iteration)
+
     def train(self) -> dict[str, float]:
         """Runs the remaining iterations (all, or those after a loaded checkpoint); returns the last iteration's
         metrics.
@@ -563,20 +570,26 @@ class SAPGTrainer:
         start, frames_at_start, time_at_start = time.perf_counter(), self.frames, self.time_s
         last_checkpoint = time.monotonic()
         metrics: dict[str, float] = {}
+        rows: collections.deque = collections.deque()  # (iteration, metrics, its evaluation still running)
         try:
             with _stop_requests() as stop:
                 for data in self.collector:
                     losses = self.learn(self.prepare(data), data)
                     metrics = self.metrics = self._iteration_metrics(losses)
                     last = self.iteration == self.iterations
+                    evaluating = False
                     if self.eval_interval and (self.iteration == 1 or last or self.iteration % self.eval_interval == 0):
-                        metrics.update(self.evaluate())
+                        if self.evaluator is None:
+                            metrics.update(self.evaluate())
+                        else:
+                            self.evaluator.submit(self.iteration, self.actor)
+                            evaluating = True
                     elapsed = time.perf_counter() - start
                     self.time_s = time_at_start + elapsed
                     fps = (self.frames - frames_at_start) / elapsed
                     metrics.update(iteration=self.iteration, frames=self.frames, time_s=self.time_s, fps=fps)
-                    for sink in self.sinks:
-                        sink(metrics, self.iteration)
+                    rows.append((self.iteration, metrics, evaluating))
+                    self._log(rows, wait=False)
                     bar.update(data.numel() * self.ranks.world_size)
                     bar.set_postfix(fps=f"{fps:.0f}", leader_return=f"{metrics['return/leader']:.2f}")
                     due = (self.checkpoint_interval and self.iteration % self.checkpoint_interval == 0) or (
@@ -587,14 +600,20 @@ class SAPGTrainer:
                             self.ranks.check_in_sync(self.params, self.iteration)
                         stop.agree(self.ranks)  # every rank stops after the same iteration
                     if last or due or stop.signum is not None:
+                        self._log(rows, wait=True)  # a checkpoint's iterations are all logged
                         self.save_checkpoint(final=last)
                         last_checkpoint = time.monotonic()
                     if stop.signum is not None and not last:
                         stop.hand_over()
                         raise Preempted(stop.signum, self.iteration, self.run_dir)
         finally:
+            if rows:  # stopped by an error: log what finished (the error, not a dead evaluator's, is the one raised)
+                with contextlib.suppress(RuntimeError):
+                    self._log(rows, wait=True)
             bar.close()
             self.collector.shutdown()
+            if self.evaluator is not None:
+                self.evaluator.close()
         return metrics
 
 

@@ -109,6 +109,38 @@ def test_evaluation_stops_once_every_env_has_an_episode(tiny_cfg, tmp_path):
         trainer.collector.shutdown()
 
 
+def test_background_evaluation_gives_the_inline_numbers(tiny_cfg, tmp_path):
+    """``train.eval_async``: the child process's evaluations are the inline ones (same envs, same weights), and every
+    iteration's metrics reach the sinks in order with its own evaluation, as inline."""
+    from sapg_torchrl.config import build_trainer
+
+    rows = {}
+    for background in (False, True):
+        cfg = tiny_cfg(f"train.eval_async={background}", "total_frames=240", "train.eval_interval=2")
+        trainer = build_trainer(cfg, tmp_path / str(background))
+        assert (trainer.eval_env is None) == background and (trainer.evaluator is None) != background
+        logged = rows[background] = []
+        trainer.sinks.append(lambda m, i, logged=logged: logged.append((i, {k: v for k, v in m.items() if "eval/" in k})))
+        trainer.train()
+    assert [i for i, row in rows[False] if row] == [1, 2, 4, 5]
+    assert rows[True] == rows[False]
+
+
+def test_background_evaluation_that_dies_stops_the_run_in_one_line():
+    """A child that fails (here: its envs cannot be built) is reported as such, not waited for forever."""
+    import functools
+
+    from sapg_torchrl import make_actor_critic
+    from sapg_torchrl.evaluator import BackgroundEvaluator
+
+    actor, _ = make_actor_critic(3, 1, num_blocks=2, hidden=(8,))
+    evaluator = BackgroundEvaluator(functools.partial(int, "not an env"), actor, 10)
+    evaluator.submit(7, actor)
+    with pytest.raises(RuntimeError, match="the evaluation process died .* evaluating iteration 7; rerun with"):
+        evaluator.result(7, wait=True)
+    evaluator.close()
+
+
 def test_mujoco_task_trains(tiny_cfg, tmp_path):
     """A MuJoCo task (float64 observations in envpool, 1-d action) trains like the classic-control ones."""
     train(tiny_cfg("env.make.env_name=InvertedPendulum-v4", "total_frames=48"), tmp_path / "run")
