@@ -177,6 +177,16 @@ def test_mismatched_settings_are_reported_not_raised(synthetic, tmp_path):
     assert "different seeds" in text and "symmetric: 0, 1, 2, 3" in text
 
 
+def test_a_budget_written_as_a_float_is_the_same_budget(synthetic, tmp_path):
+    """``total_frames: 1000`` and ``1000.0`` (older runs stored the schema's float) are one setting, not a mismatch."""
+    folder = tmp_path / "floats"
+    shutil.copytree(synthetic, folder)
+    config = folder / "no_split" / "seed3" / "config.yaml"
+    assert "total_frames: 1000\n" in config.read_text()
+    config.write_text(config.read_text().replace("total_frames: 1000\n", "total_frames: 1000.0\n"))
+    assert not any("total_frames" in line for line in load_study(folder).mismatches)
+
+
 def test_report_recipe_rejects_a_bad_folder(tmp_path):
     folder = tmp_path / "missing"
     done = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(folder)],

@@ -224,7 +224,10 @@ def _check(runs: dict[str, list[Run]]) -> tuple[list[str], list[str]]:
     def differing(key, selected):
         values: dict = {}
         for run in selected:
-            values.setdefault(repr(_get(run.config, key)), []).append(run.name)
+            value = _get(run.config, key)
+            if isinstance(value, float) and value.is_integer():  # 4000000 and 4000000.0 are one budget
+                value = int(value)
+            values.setdefault(repr(value), []).append(run.name)
         return values if len(values) > 1 else None
 
     for key, label in SHARED_KEYS:
