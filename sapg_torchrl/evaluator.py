@@ -53,6 +53,8 @@ def evaluate_leader(env: EnvBase, policy, steps: int) -> dict[str, float]:
 def _serve(make_env: Callable[[], EnvBase], actor: nn.Module, steps: int, requests, results) -> None:
     torch.set_num_threads(1)  # it shares the machine with the learner
     env = make_env()
+    if env.device is not None:  # a simulator on a GPU: the policy goes where its observations are
+        actor = actor.to(env.device)
     track_recurrent_states(env, actor)
     while (request := requests.get()) is not None:
         iteration, weights = request
