@@ -361,15 +361,15 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         + f"; measured in {meta['measure_wall_s']:.0f} s; "
         f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']}",
         "",
-        "| variant   | s/iter | frames/s | collect s | targets s | update s | collect % | rows/iter "
+        "| variant       | s/iter | frames/s | collect s | targets s | update s | collect % | rows/iter "
         "| minibatch steps | params |",
-        "|-----------|-------:|---------:|----------:|----------:|---------:|----------:|----------:"
+        "|---------------|-------:|---------:|----------:|----------:|---------:|----------:|----------:"
         "|----------------:|-------:|",
     ]
     for name, r in results.items():
         phase_sum = sum(r[f"{p}_s"] for p in PHASES)
         lines.append(
-            f"| {name:<9} | {r['time_per_iter_s']:6.3f} | {r['frames_per_s']:8.0f} | {r['collect_s']:9.3f} "
+            f"| {name:<13} | {r['time_per_iter_s']:6.3f} | {r['frames_per_s']:8.0f} | {r['collect_s']:9.3f} "
             f"| {r['targets_s']:9.3f} | {r['update_s']:8.3f} | {100 * r['collect_s'] / phase_sum:8.1f}% "
             f"| {r['rows_per_iter']:9d} | {r['minibatch_steps_per_iter']:15d} | {r['params']:6d} |"
         )
@@ -379,6 +379,7 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         "sapg_over_no_split_time": ("sapg / no_split (time per iteration)", "target <= 1.10x"),
         "disjoint_over_sapg_time": ("disjoint / sapg (time per iteration)", "extra, expected > 1"),
         "sapg_bf16_over_sapg_time": ("sapg_bf16 / sapg (time per iteration)", "extra, < 1 if bf16 helps"),
+        "sapg_compiled_over_sapg_time": ("sapg_compiled / sapg (time per iteration)", "extra, < 1 if compiling helps"),
     }
     if "eval" in meta:
         e = meta["eval"]
@@ -414,6 +415,8 @@ def main(argv=None) -> int:
     p.add_argument("--env", default=None, help="env config group (sapg_torchrl/configs/env); default: the config's")
     p.add_argument("--no-disjoint", action="store_true", help="skip the disjoint ablation line")
     p.add_argument("--bf16", action="store_true", help="add a line: sapg with train.precision=bfloat16")
+    p.add_argument("--compile", action="store_true",
+                   help="add a line: sapg with train.compile=true (compiled during its first warm-up iteration)")
     p.add_argument("--eval", action="store_true",
                    help="also time sapg's evaluation and report its share of training time at the config's interval")
     p.add_argument(
@@ -441,9 +444,11 @@ def main(argv=None) -> int:
     names = ["sapg", "no_split"] + ([] if args.no_disjoint else ["disjoint"])
     with exit_on_config_error():
         cfgs = {name: compose_config(name, args) for name in names}
-        if args.bf16:
-            names.append("sapg_bf16")
-            cfgs["sapg_bf16"] = compose_config("sapg", args, ["train.precision=bfloat16"])
+        for flag, name, override in (("bf16", "sapg_bf16", "train.precision=bfloat16"),
+                                     ("compile", "sapg_compiled", "train.compile=true")):  # fmt: skip
+            if getattr(args, flag):
+                names.append(name)
+                cfgs[name] = compose_config("sapg", args, [override])
         cfg = cfgs["sapg"]
         print(f"building {', '.join(names)} and stock ...", flush=True)
         variants = [SAPGVariant(name, cfgs[name]) for name in names]
@@ -484,6 +489,7 @@ def main(argv=None) -> int:
         "sapg_over_no_split_time": ratio(results, "sapg", "no_split"),
         "disjoint_over_sapg_time": ratio(results, "disjoint", "sapg"),
         "sapg_bf16_over_sapg_time": ratio(results, "sapg_bf16", "sapg"),
+        "sapg_compiled_over_sapg_time": ratio(results, "sapg_compiled", "sapg"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
     text = render(meta, results, ratios)
