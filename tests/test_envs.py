@@ -199,3 +199,11 @@ def test_torch_pendulum_resets_inside_its_step_and_training_bootstraps_from_the_
     torch.testing.assert_close(data["next", "observation"][truncated], data["observation"][truncated])
     assert not batch.isnan().any()
     trainer.collector.shutdown()
+
+
+def test_torch_pendulum_refuses_an_episode_length_below_one():
+    from sapg_torchrl.envs.pendulum import TorchPendulumEnv
+
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match=f"env.make.episode_length={bad!r} is not accepted: an integer >= 1"):
+            TorchPendulumEnv(4, episode_length=bad)

@@ -16,6 +16,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from sapg_torchrl.errors import ConfigError
+
 __all__ = ["TorchPendulumEnv"]
 
 
@@ -53,6 +55,8 @@ class TorchPendulumEnv(EnvBase):
     G, MASS, LENGTH, DT, MAX_SPEED, MAX_TORQUE = 10.0, 1.0, 1.0, 0.05, 8.0, 2.0
 
     def __init__(self, num_envs: int, *, device="cpu", episode_length: int = 200, seed: int = 0):
+        if isinstance(episode_length, bool) or not isinstance(episode_length, int) or episode_length < 1:
+            raise ConfigError(f"env.make.episode_length={episode_length!r} is not accepted: an integer >= 1")
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self._torchrl_native_autoreset = True
         self.episode_length = episode_length
