@@ -406,10 +406,13 @@ class SAPGTrainer:
             if self.lr_schedule is not None:
                 kl = self.ranks.all_mean(epoch_out["kl_approx"].nanmean())
                 if not torch.isfinite(kl):  # the one host sync per epoch, shared with the schedule
+                    hint = ""  # with relabelled rows, their importance ratios are the usual cause
+                    if self.aggregator is not None:
+                        ratio = float(epoch_out["is_ratio_max"].nan_to_num(0).max())
+                        hint = f"; is_ratio_max={ratio:.3g} (importance ratios of relabelled rows; sapg.max_importance_ratio caps them)"
                     raise FloatingPointError(
                         f"training diverged at iteration {self.iteration}: the policy's KL is {float(kl)} (non-finite "
-                        f"losses); is_ratio_max={float(epoch_out['is_ratio_max'].nan_to_num(0).max()):.3g} (importance "
-                        "ratios of relabelled rows; sapg.max_importance_ratio caps them)"
+                        f"losses){hint}"
                     )
                 self.lr_schedule.step(kl)
             outputs.append(epoch_out)

@@ -205,8 +205,13 @@ def test_divergence_stops_with_a_message_naming_the_iteration(tiny_cfg, monkeypa
     forward = SAPGLoss.forward
     monkeypatch.setattr(SAPGLoss, "forward", lambda self, td: forward(self, td).set("kl_approx", torch.tensor(math.nan)))
     trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
-    with pytest.raises(FloatingPointError, match=r"training diverged at iteration 1: the policy's KL is nan"):
+    with pytest.raises(FloatingPointError, match=r"training diverged at iteration 1: the policy's KL is nan .*is_ratio_max"):
         trainer.train()
+    # one block, no relabelled rows: no hint about their importance ratios
+    trainer = build_trainer(tiny_cfg("train.eval_interval=0", "ablation=no_split"))
+    with pytest.raises(FloatingPointError) as error:
+        trainer.train()
+    assert str(error.value) == "training diverged at iteration 1: the policy's KL is nan (non-finite losses)"
 
 
 def test_a_diverged_run_writes_its_result(tiny_cfg, tmp_path, monkeypatch):
