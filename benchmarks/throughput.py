@@ -42,7 +42,6 @@ runs with torch's default (printed in the header), in the same process, so they 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -66,7 +65,7 @@ from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOpe
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
 from torchrl.objectives.value import GAE  # noqa: E402
 
-from sapg_torchrl.config import build_trainer, leader_eval_env, simulator_factory  # noqa: E402
+from sapg_torchrl.config import build_trainer, eval_env_factory, simulator_factory  # noqa: E402
 from sapg_torchrl.evaluator import BackgroundEvaluator  # noqa: E402
 from sapg_torchrl.envs import make_sapg_env  # noqa: E402
 from sapg_torchrl.errors import ConfigError  # noqa: E402
@@ -286,8 +285,7 @@ def measure_background_eval(variant, cfg: DictConfig, results_so_far: dict, reps
     measured above), plus any wait at the next evaluation's turn (``interval`` iterations later); its share of
     training time is that over ``interval x time per iteration``."""
     e, trainer = cfg.env, variant.trainer
-    make_env = functools.partial(leader_eval_env, simulator_factory(e.make, variant.device), e.eval_envs,
-                                 cfg.seed + 1_000_000, trainer.layout.leader, e.reward_scale)  # fmt: skip
+    make_env = eval_env_factory(cfg, simulator_factory(e.make, variant.device), trainer.layout.leader)
     evaluator = BackgroundEvaluator(make_env, trainer.actor, e.eval_steps)
     try:
         evaluator.submit(0, trainer.actor)

@@ -121,10 +121,16 @@ def simulator_factory(make: DictConfig, device: torch.device, ranks: Ranks = SIN
     return instantiate(make, _partial_=True)
 
 
-def leader_eval_env(make_base, num_envs: int, seed: int, leader: int, reward_scale: float):
-    """The evaluation envs: ``num_envs`` fresh envs of the task, all in the leader's block."""
+def _leader_eval_env(make_base, num_envs: int, seed: int, leader: int, reward_scale: float):
     block_ids = torch.full((num_envs,), leader)
     return make_sapg_env(make_base(num_envs=num_envs, seed=seed), block_ids, reward_scale=reward_scale)
+
+
+def eval_env_factory(cfg: DictConfig, make_base, leader: int):
+    """A picklable ``make_eval_env()`` (a child process can call it too): ``env.eval_envs`` fresh envs of the task,
+    all in the leader's block, seeded apart from the training envs."""
+    e = cfg.env
+    return functools.partial(_leader_eval_env, make_base, e.eval_envs, cfg.seed + 1_000_000, leader, e.reward_scale)
 
 
 def build_trainer(
@@ -163,9 +169,7 @@ def build_trainer(
         )  # fmt: skip
     eval_env = evaluator = None
     if cfg.train.eval_interval and ranks.is_main:
-        make_eval_env = functools.partial(
-            leader_eval_env, make_base, e.eval_envs, cfg.seed + 1_000_000, layout.leader, e.reward_scale
-        )
+        make_eval_env = eval_env_factory(cfg, make_base, layout.leader)
         if cfg.train.eval_async:
             evaluator = BackgroundEvaluator(make_eval_env, actor, e.eval_steps)
         else:

@@ -243,7 +243,7 @@ class SAPGTrainer:
         # torch.compile wraps the same modules: parameters, checkpoints and the eager paths are unchanged
         self.loss_forward = torch.compile(loss) if compile else loss
         if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision={precision!r} is not accepted: float32 or bfloat16")
+            raise ConfigError(f"precision={precision!r} is not accepted: use one of ['float32', 'bfloat16']")
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bfloat16")
         self.eval_policy = torch.compile(actor) if compile and eval_env is not None else actor
         self.params = [p for p in loss.parameters() if p.requires_grad]
