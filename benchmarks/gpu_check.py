@@ -10,10 +10,15 @@ on GPU-resident envs (``benchmarks/gpu_check.sh`` installs what the GPU machine 
    collecting the rollout and building the batch (targets, relabelled rows) under ``"error"`` (any sync fails the
    check); the update under ``"warn"``, its syncs counted and checked against the documented per-epoch ones (the
    adaptive learning rate's KL: 2 per epoch), none per minibatch.
-2. **Throughput**: ``benchmarks/throughput.py`` (interleaved rounds, same process) for ``sapg``, ``no_split`` and
-   ``stock`` on ``torch_pendulum`` at ``--num-envs``, then on ``brax_ant`` where JAX and Brax import.
+2. **CUDA graphs** (CUDA only): ``sapg`` with ``train.cudagraphs=true`` collects two batches (the first captures
+   the rollout policy); the second's stored log-probabilities must be what the eager actor gives for its observations
+   and actions (the graph computes the policy), and its host syncs are counted under ``"warn"`` (tensordict's
+   ``CudaGraphModule`` synchronises before each replay: printed, not failed).
+3. **Throughput**: ``benchmarks/throughput.py`` (interleaved rounds, same process) for ``sapg``, ``no_split``,
+   ``stock`` and, on CUDA, ``sapg_cudagraphs`` on ``torch_pendulum`` at ``--num-envs``, then on ``brax_ant`` where
+   JAX and Brax import.
 
-Exits non-zero if the sync check fails. Prints everything it measured; ``--out DIR`` also writes the throughput
+Exits non-zero if the sync check or the CUDA-graph check fails. Prints everything it measured; ``--out DIR`` also writes the throughput
 tables there (``pendulum.md``, ``brax_ant.md``).
 """
 
@@ -78,9 +83,40 @@ def check_host_syncs(args: argparse.Namespace) -> bool:
     return ok and len(syncs) <= allowed
 
 
+def check_cudagraph_rollout(args: argparse.Namespace) -> bool:
+    """The rollout under ``train.cudagraphs=true`` against the eager actor; True when they agree."""
+    if torch.device(args.device).type != "cuda":
+        print("cuda graphs: skipped (no CUDA; tests/test_compile.py checks the wiring)")
+        return True
+    opts = argparse.Namespace(device=args.device, env="torch_pendulum", num_envs=args.num_envs, horizon=None,
+                              epochs=None, rounds=1, warmup=2, iters=1)  # fmt: skip
+    trainer = build_trainer(throughput.compose_config("sapg", opts, ["train.cudagraphs=true"]))
+    batches = iter(trainer.collector)
+    next(batches)  # CudaGraphModule's warm-up calls and the capture
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        data = next(batches)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    key = trainer.loss.tensor_keys.sample_log_prob
+    with torch.no_grad():
+        rows = data.reshape(-1)
+        eager = trainer.actor.get_dist(rows.select(*trainer.actor.in_keys, strict=False)).log_prob(rows.get("action"))
+    error = (eager - rows.get(key)).abs().max().item()
+    ok = error < 1e-3
+    print(f"cuda graphs: {data.numel()} steps' log-probs against the eager actor: max |difference| {error:.2e} "
+          f"({'agree' if ok else 'FAILED'}); host syncs while collecting: {syncs} over {data.shape[-1]} steps")
+    trainer.collector.shutdown()
+    return ok
+
+
 def run_throughput(args: argparse.Namespace, env: str, out: str | None) -> None:
     argv = ["--device", args.device, "--env", env, "--num-envs", str(args.num_envs), "--no-disjoint",
             "--rounds", str(args.rounds), "--iters", str(args.iters), "--warmup", "1"]  # fmt: skip
+    if torch.device(args.device).type == "cuda":
+        argv.append("--cudagraphs")
     if out:
         argv += ["--out", out]
     if args.threads:
@@ -118,6 +154,7 @@ def main(argv=None) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
     ok = check_host_syncs(args)
+    ok = check_cudagraph_rollout(args) and ok
     run_throughput(args, "torch_pendulum", str(out / "pendulum.md") if out else None)
     if args.no_brax:
         pass
@@ -125,7 +162,7 @@ def main(argv=None) -> int:
         run_throughput(args, "brax_ant", str(out / "brax_ant.md") if out else None)
     else:
         print("\nbrax_ant: skipped (JAX or Brax does not import here)")
-    print("\nhost sync check:", "passed" if ok else "FAILED")
+    print("\nhost sync and CUDA-graph checks:", "passed" if ok else "FAILED")
     return 0 if ok else 1
 
 

@@ -378,6 +378,7 @@ def render(meta: dict, results: dict, ratios: dict) -> str:
         "disjoint_over_sapg_time": ("disjoint / sapg (time per iteration)", "extra, expected > 1"),
         "sapg_bf16_over_sapg_time": ("sapg_bf16 / sapg (time per iteration)", "extra, < 1 if bf16 helps"),
         "sapg_compiled_over_sapg_time": ("sapg_compiled / sapg (time per iteration)", "extra, < 1 if compiling helps"),
+        "sapg_cudagraphs_over_sapg_time": ("sapg_cudagraphs / sapg (time per iteration)", "extra, < 1 if graphs help"),
     }
     if "eval" in meta:
         e = meta["eval"]
@@ -415,6 +416,8 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="add a line: sapg with train.precision=bfloat16")
     p.add_argument("--compile", action="store_true",
                    help="add a line: sapg with train.compile=true (compiled during its first warm-up iteration)")
+    p.add_argument("--cudagraphs", action="store_true",
+                   help="add a line: sapg with train.cudagraphs=true (CUDA only; captured in its first warm-up iteration)")
     p.add_argument("--eval", action="store_true",
                    help="also time sapg's evaluation and report its share of training time at the config's interval")
     p.add_argument(
@@ -443,7 +446,8 @@ def main(argv=None) -> int:
     with exit_on_config_error():
         cfgs = {name: compose_config(name, args) for name in names}
         for flag, name, override in (("bf16", "sapg_bf16", "train.precision=bfloat16"),
-                                     ("compile", "sapg_compiled", "train.compile=true")):  # fmt: skip
+                                     ("compile", "sapg_compiled", "train.compile=true"),
+                                     ("cudagraphs", "sapg_cudagraphs", "train.cudagraphs=true")):  # fmt: skip
             if getattr(args, flag):
                 names.append(name)
                 cfgs[name] = compose_config("sapg", args, [override])
@@ -488,6 +492,7 @@ def main(argv=None) -> int:
         "disjoint_over_sapg_time": ratio(results, "disjoint", "sapg"),
         "sapg_bf16_over_sapg_time": ratio(results, "sapg_bf16", "sapg"),
         "sapg_compiled_over_sapg_time": ratio(results, "sapg_compiled", "sapg"),
+        "sapg_cudagraphs_over_sapg_time": ratio(results, "sapg_cudagraphs", "sapg"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
     text = render(meta, results, ratios)

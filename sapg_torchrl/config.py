@@ -146,6 +146,11 @@ def build_trainer(
     s, ppo, e = cfg.sapg, cfg.ppo, cfg.env
     torch.manual_seed(cfg.seed)
     device = ranks.device if ranks.device.type == "cuda" else device_of(cfg.device)
+    if cfg.train.cudagraphs and device.type != "cuda":
+        raise ConfigError(
+            f"train.cudagraphs=true is not accepted with the learner on {device}: CUDA graphs need device=cuda "
+            "(or auto on a GPU machine)"
+        )
     num_envs = split_envs(e.num_envs, s.num_blocks, ranks.world_size) if ranks.distributed else e.num_envs
     layout = BlockLayout(num_envs, s.num_blocks, s.leader)
     rank_seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank
@@ -185,7 +190,7 @@ def build_trainer(
         run_dir=run_dir if ranks.is_main else None, checkpoint_interval=cfg.train.checkpoint_interval,
         checkpoint_minutes=cfg.train.checkpoint_minutes, keep_checkpoints=cfg.train.keep_checkpoints,
         progress=cfg.train.progress and ranks.is_main, device=device, hooks=hooks, seed=rank_seed, ranks=ranks,
-        compile=cfg.train.compile, precision=cfg.train.precision,
+        compile=cfg.train.compile, cudagraphs=cfg.train.cudagraphs, precision=cfg.train.precision,
     )  # fmt: skip
 
 

@@ -306,6 +306,12 @@ class TrainSettings:
         "numbers to float tolerance, less Python overhead per call; the first calls compile (a minute or more each "
         "on a CPU); see ``benchmarks/README.md``",
     )
+    cudagraphs: bool = setting(
+        False,
+        "CUDA only: capture the rollout policy in a CUDA graph (TorchRL's collector ``cudagraph_policy``, "
+        "tensordict's ``CudaGraphModule``), one graph replay per env step instead of the policy's kernel launches; "
+        "the same actions; see ``benchmarks/README.md``",
+    )
     precision: str = setting(
         "float32",
         "``float32`` | ``bfloat16``: ``bfloat16`` runs the update's forward passes under ``torch.autocast`` (matrix "

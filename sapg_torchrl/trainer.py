@@ -147,6 +147,10 @@ class SAPGTrainer:
         compile (bool): ``torch.compile`` the loss (its backward follows), the collector's policy (TorchRL's
             ``compile_policy``) and the evaluation policy. The same numbers to float tolerance; the first calls
             compile. Defaults to ``False``.
+        cudagraphs (bool): capture the collector's policy in a CUDA graph (TorchRL's ``cudagraph_policy``, after
+            tensordict's ``CudaGraphModule`` warm-up calls); on a device without CUDA the policy runs as it is
+            (tensordict's behaviour; :func:`~sapg_torchrl.config.build_trainer` refuses it there). Defaults to
+            ``False``.
         precision (str): ``"float32"``, or ``"bfloat16"``: the update's loss forward under ``torch.autocast`` in bf16
             (the backward follows it; parameters, Adam and the rollout stay float32). Defaults to ``"float32"``.
     """
@@ -192,6 +196,7 @@ class SAPGTrainer:
         ranks: Ranks = SINGLE,
         sync_check_interval: int = 10,
         compile: bool = False,
+        cudagraphs: bool = False,
         precision: str = "float32",
     ):
         if critic_target not in CRITIC_TARGETS:
@@ -263,6 +268,7 @@ class SAPGTrainer:
             env_device=env.device,
             auto_register_policy_transforms=False,
             compile_policy=True if compile else None,
+            cudagraph_policy=True if cudagraphs else None,
             track_traj_ids=False,  # unused here, and its bookkeeping reads the done flags on the host every step
         )
         # an env that resets inside its step (TorchRL's native auto-reset) loses the final observation: NaN

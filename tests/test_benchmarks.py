@@ -30,7 +30,8 @@ PRINTS = {
     "throughput.py": ["| sapg ", "| stock ", "evaluation (sapg)", "% of training time"],
     "compute_floor.py": ["no_split  rows", "sapg      rows", "ms/step", "ratio"],
     "scaling_n.py": ["| 12 |", "| 24 |", "s/iter per 1000 envs"],
-    "gpu_check.py": ["env=TorchPendulumEnv", "| sapg ", "| no_split ", "| stock ", "host sync check: passed"],
+    "gpu_check.py": ["env=TorchPendulumEnv", "| sapg ", "| no_split ", "| stock ", "cuda graphs: skipped",
+                     "host sync and CUDA-graph checks: passed"],
 }
 
 
@@ -49,6 +50,7 @@ def test_benchmark_runs(script):
     ("scaling_n.py", ["--num-envs", "12,100"], "num_envs=100 is not divisible by num_blocks=6"),
     ("scaling_n.py", ["--num-envs", "12,x"], "--num-envs='12,x' is not accepted: comma-separated integers"),
     ("throughput.py", ["--num-envs", "100"], "num_envs=100 is not divisible by num_blocks=6"),
+    ("throughput.py", ["--cudagraphs", "--no-disjoint"], "train.cudagraphs=true is not accepted with the learner on cpu"),
     ("rl_games_vs_ours.py", ["--tasks", "Hopper-v4"], "'Hopper-v4' is not accepted; accepted: MountainCarContinuous-v0"),
     ("rl_games_vs_ours.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a multiple of 6"),
     ("gpu_check.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),

@@ -1,7 +1,8 @@
 """The faster paths give the eager float32 numbers: ``train.compile`` (the compiled loss, rollout policy and
-evaluation policy) to float tolerance, ``train.precision=bfloat16`` (the update under autocast) to bf16's."""
+evaluation policy) to float tolerance, ``train.precision=bfloat16`` (the update under autocast) to bf16's, and ``train.cudagraphs`` (the rollout policy in a CUDA graph) exactly where it passes through (no CUDA)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -57,3 +58,40 @@ def test_bfloat16_training_runs_and_unknown_precision_is_refused(tiny_cfg, tmp_p
     assert math.isfinite(result["train/loss_objective"]) and math.isfinite(result["train/loss_critic"])
     with pytest.raises(ConfigError, match="train.precision='fp16' is not accepted.*float32, bfloat16"):
         validate(tiny_cfg("train.precision=fp16"))
+
+
+def test_cudagraph_policy_collects_the_eager_batch(tiny_cfg, monkeypatch):
+    """``cudagraphs`` hands the policy to TorchRL's collector as ``cudagraph_policy``: the collector wraps it in
+    tensordict's ``CudaGraphModule``, which on a machine without CUDA runs it as it is, so the wiring is checked here
+    (the same rollout as eager from the same seed) and the capture itself by ``benchmarks/gpu_check.py`` on a GPU."""
+    from tensordict.nn import CudaGraphModule
+    from tensordict.nn.functional_modules import _exclude_td_from_pytree
+
+    from sapg_torchrl import config
+
+    trainer_class = config.SAPGTrainer
+
+    def forcing(cudagraphs):  # build_trainer refuses the setting on a CPU; the trainer takes it
+        return lambda **kw: trainer_class(**{**kw, "cudagraphs": cudagraphs})
+
+    batches = {}
+    for cudagraphs in (False, True):
+        monkeypatch.setattr(config, "SAPGTrainer", forcing(cudagraphs))
+        torch.manual_seed(0)
+        # CudaGraphModule takes TensorDicts out of PyTree for the rest of the process unless they are out already:
+        # out for this test only
+        with warnings.catch_warnings(), _exclude_td_from_pytree():
+            warnings.filterwarnings("ignore", message=".*without CUDA device available.*")
+            trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
+            batches[cudagraphs] = next(iter(trainer.collector))
+        assert isinstance(trainer.collector._wrapped_policy, CudaGraphModule) == cudagraphs
+        trainer.collector.shutdown()
+    for key in ("action", ("next", "reward"), "sample_log_prob"):
+        torch.testing.assert_close(batches[True].get(key), batches[False].get(key), msg=str(key))
+
+
+def test_cudagraphs_off_cuda_is_refused_in_one_line(tiny_cfg):
+    from sapg_torchrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.cudagraphs=true is not accepted with the learner on cpu.*device=cuda"):
+        build_trainer(tiny_cfg("train.cudagraphs=true", "device=cpu"))
