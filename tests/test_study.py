@@ -4,11 +4,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+from conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-
-from conftest import CONFIG_DIR, REPO, TINY_OVERRIDES
 
 ABLATIONS = {
     "sapg", "no_split", "symmetric", "no_off_policy", "no_is_correction", "no_is_correction_capped", "no_entropy",
@@ -77,6 +77,31 @@ def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
     for path, stamp in stamps.items():
         if redone not in path.parents:
             assert path.stat().st_mtime_ns == stamp  # finished (or fully checkpointed) runs were not retrained
+
+
+@pytest.mark.slow  # three processes training 125 tiny iterations: ~45 s on 2 quiet cores, the default suite's budget
+def test_a_stop_signal_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
+    """SIGTERM (a preemption) during a sequential sweep: the running run checkpoints, the sweep stops there with
+    the signal's exit code instead of going on to its next run, and the same command finishes both runs."""
+    import signal
+
+    from test_resume import LONG_TINY, check_complete, wait_for_rows
+
+    sweep_dir = tmp_path / "study"
+    command = [sys.executable, str(REPO / "recipes" / "study.py"), *LONG_TINY, "total_frames=2400",
+               f"hydra.sweep.dir={sweep_dir}", "ablation=no_split", "seed=0,1", "hydra/launcher=basic"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = sweep_dir / "no_split" / "seed0"
+    wait_for_rows(first / "metrics.csv", 5, process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after iteration" in (first / "sapg.log").read_text()
+    assert not (first / "result.json").exists() and not (sweep_dir / "no_split" / "seed1").exists()
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for seed in (0, 1):
+        check_complete(sweep_dir / "no_split" / f"seed{seed}", iterations=50)
 
 
 def test_a_crashed_run_loses_nothing_of_the_others(tmp_path):

@@ -40,10 +40,15 @@ def run(cfg: DictConfig) -> dict:
         raise SystemExit("error: a sweep (--multirun, sapg-study) runs each run in one process: launch single runs "
                          "with torchrun, or the sweep without it")  # fmt: skip
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        # a sweep job: fail this job alone (Hydra records it and the sweep goes on), with a one-line log; run
-        # again, the sweep resumes it from its checkpoint
+        # a sweep job: a failure fails this job alone (Hydra records it and the sweep goes on), with a one-line log;
+        # a stop signal stops the sweep too (the process was asked to end: a sequential sweep would otherwise go on
+        # to its next run). Run again, the sweep resumes either from its checkpoint
         try:
             return train(cfg, runtime.output_dir, name=name)
+        except Preempted as stopped:
+            logging.getLogger("sapg").error("run %s: %s; the sweep stops here, the same command resumes it",
+                                            runtime.output_dir, str(stopped).split("; resume with")[0])  # fmt: skip
+            raise SystemExit(stopped.exit_code) from None
         except Exception as err:
             logging.getLogger("sapg").error("run %s failed: %s: %s", runtime.output_dir, type(err).__name__, err)
             raise
