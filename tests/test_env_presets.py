@@ -24,6 +24,7 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, or the env class, observation 
     "halfcheetah": ("HalfCheetah-v4", 17, 6),
     "hopper": ("Hopper-v4", 11, 3),
     "ball_in_cup_catch": ("BallInCupCatch-v1", 8, 2),
+    "lunarlander": ("LunarLanderContinuous-v2", 8, 2),
     "ant": ("Ant-v4", 27, 8),
     "humanoid": ("Humanoid-v4", 376, 17),
     "adroit_pen": ("AdroitHandPen-v1", 45, 24),
