@@ -50,6 +50,15 @@ def device_of(name: str) -> torch.device:
     return device
 
 
+def check_cudagraphs(device: torch.device) -> None:
+    """:class:`ConfigError` unless ``train.cudagraphs`` can run with the learner on ``device`` (CUDA only)."""
+    if device.type != "cuda":
+        raise ConfigError(
+            f"train.cudagraphs=true is not accepted with the learner on {device}: CUDA graphs need device=cuda "
+            "(or auto on a GPU machine)"
+        )
+
+
 @dataclass
 class Agent:
     """The networks and the loss of a run (the loss holds every parameter and normaliser statistic)."""
@@ -146,11 +155,8 @@ def build_trainer(
     s, ppo, e = cfg.sapg, cfg.ppo, cfg.env
     torch.manual_seed(cfg.seed)
     device = ranks.device if ranks.device.type == "cuda" else device_of(cfg.device)
-    if cfg.train.cudagraphs and device.type != "cuda":
-        raise ConfigError(
-            f"train.cudagraphs=true is not accepted with the learner on {device}: CUDA graphs need device=cuda "
-            "(or auto on a GPU machine)"
-        )
+    if cfg.train.cudagraphs:
+        check_cudagraphs(device)
     num_envs = split_envs(e.num_envs, s.num_blocks, ranks.world_size) if ranks.distributed else e.num_envs
     layout = BlockLayout(num_envs, s.num_blocks, s.leader)
     rank_seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank

@@ -491,6 +491,10 @@ def validate(cfg, root=None) -> None:
         from sapg_torchrl.blocks import BlockLayout
 
         BlockLayout(values["env"]["num_envs"], values["sapg"]["num_blocks"], values["sapg"].get("leader", "last"))
+    if isinstance(values.get("train"), dict) and values["train"].get("cudagraphs"):  # before any run folder exists
+        from sapg_torchrl.config import check_cudagraphs, device_of
+
+        check_cudagraphs(device_of(values.get("device", "auto")))
 
 
 def reference_rst(root=StudyConfig) -> str:

@@ -91,7 +91,11 @@ def test_cudagraph_policy_collects_the_eager_batch(tiny_cfg, monkeypatch):
 
 
 def test_cudagraphs_off_cuda_is_refused_in_one_line(tiny_cfg):
+    """Refused by the config check (before a run folder exists) and by ``build_trainer`` (the API)."""
     from sapg_torchrl.errors import ConfigError
+    from sapg_torchrl.schema import validate
 
-    with pytest.raises(ConfigError, match=r"train.cudagraphs=true is not accepted with the learner on cpu.*device=cuda"):
-        build_trainer(tiny_cfg("train.cudagraphs=true", "device=cpu"))
+    message = r"train.cudagraphs=true is not accepted with the learner on cpu.*device=cuda"
+    for check in (validate, build_trainer):
+        with pytest.raises(ConfigError, match=message):
+            check(tiny_cfg("train.cudagraphs=true", "device=cpu"))
