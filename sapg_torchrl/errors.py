@@ -18,12 +18,12 @@ class Preempted(Exception):
         iteration (int): the last iteration done (and checkpointed).
         run_dir (Path or None): the run folder, to resume from.
         exit_code (int): ``128 + signum``, the shell's convention for a process ended by that signal.
+        summary (str): what happened, without the resume command (a study resumes with its own command).
     """
 
     def __init__(self, signum: int, iteration: int, run_dir: Path | None):
         self.signum, self.iteration, self.run_dir = signum, iteration, run_dir
         self.exit_code = 128 + signum
+        self.summary = f"stopped by {signal.Signals(signum).name} after iteration {iteration}, checkpoint written"
         where = f"; resume with: python recipes/sapg.py resume={run_dir}" if run_dir is not None else ""
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after iteration {iteration}, checkpoint written{where}"
-        )
+        super().__init__(self.summary + where)

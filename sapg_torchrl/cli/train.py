@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
             return train(cfg, runtime.output_dir, name=name)
         except Preempted as stopped:
             logging.getLogger("sapg").error("run %s: %s; the sweep stops here, the same command resumes it",
-                                            runtime.output_dir, str(stopped).split("; resume with")[0])  # fmt: skip
+                                            runtime.output_dir, stopped.summary)  # fmt: skip
             raise SystemExit(stopped.exit_code) from None
         except Exception as err:
             logging.getLogger("sapg").error("run %s failed: %s: %s", runtime.output_dir, type(err).__name__, err)
