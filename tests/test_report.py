@@ -271,6 +271,28 @@ def test_tuned_ppo_is_the_best_point_of_the_entropy_grid(synthetic, tmp_path):
     assert "against the tuned PPO baseline (`ppo_entropy`)" in text and "against the paper's PPO (`no_split`)" in text
 
 
+def test_a_study_is_named_by_its_runs_study_name_and_two_folders_of_one_study_are_refused(synthetic, tmp_path, capsys):
+    """A study's name is its runs' ``study.name`` (docs/results/<task>/runs share the folder name ``runs``), else
+    its folder's name; two folders of the same name are refused in one line before any report is written."""
+    from sapg_torchrl.cli.report import main
+
+    named = tmp_path / "hopper" / "runs"
+    shutil.copytree(synthetic, named)
+    for config in named.glob("*/seed*/config.yaml"):
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "study": {"name": "hopper"}}))
+    with pytest.warns(UserWarning, match="unfinished"):
+        assert load_study(named).name == "hopper" and load_study(synthetic).name == "toy"
+    unnamed = tmp_path / "other" / "runs"
+    shutil.copytree(synthetic, unnamed)
+    shutil.copytree(synthetic, tmp_path / "third" / "runs")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(unnamed), str(tmp_path / "third" / "runs"), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    assert error == (f"error: two study folders hold the same study (study.name): {unnamed} (runs), "
+                     f"{tmp_path / 'third' / 'runs'} (runs); give one folder per task")
+
+
 @pytest.mark.slow  # two full reports in a subprocess: minutes on 2 cores; the aggregate's numbers are a doctest
 def test_report_across_two_tasks(synthetic, tmp_path):
     """Two study folders (tasks): a report each, and the cross-task aggregate of min-max normalised scores."""

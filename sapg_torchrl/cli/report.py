@@ -8,8 +8,8 @@ with 95% bootstrap intervals), findings and plots.
 
 Reads the finished runs of a study folder written by ``sapg-study`` (``<ablation>/seed<k>/``;
 unfinished ones are skipped with a warning) and prints the path of ``report.md``. With several folders (one
-per task) each gets its report in ``<out>/<folder name>/`` and ``<out>/across_tasks.md`` aggregates them
-(:mod:`sapg_torchrl.study.tasks`). With ``--scaling`` the folders are one task's studies at different numbers of
+per task) each gets its report in ``<out>/<study name>/`` (the runs' ``study.name``, by default the env preset)
+and ``<out>/across_tasks.md`` aggregates them (:mod:`sapg_torchrl.study.tasks`). With ``--scaling`` the folders are one task's studies at different numbers of
 envs (``sapg-study --config-name scaling``): ``<out>/scaling.md`` and ``scaling.png`` give the final return against
 ``N`` (:mod:`sapg_torchrl.study.scaling`), and no per-study report is written. A folder that does not exist or holds no finished run exits with status 2 and
 a one-line error.
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"error: --scaling needs study folders at two or more N, got one: {args.folders[0]}", file=sys.stderr)
         raise SystemExit(2)
     command = f"{_invocation()} {shlex.join(argv)}"
-    studies = {}
+    loaded = []
     for folder in args.folders:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                studies[str(folder) if args.scaling else folder.name] = load_study(folder)
+                loaded.append(load_study(folder))
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -77,15 +77,18 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"warning: {warning.message}", file=sys.stderr)
     if args.scaling:
         try:
-            scaling = scaling_summary([studies[str(folder)] for folder in args.folders], reps=args.reps)
+            scaling = scaling_summary(loaded, reps=args.reps)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         path = write_scaling_report(scaling, args.out, command)
         print(path)
         return path
-    if len(studies) != len(args.folders):
-        print("error: two study folders have the same name: each names its task", file=sys.stderr)
+    studies = {study.name: study for study in loaded}
+    if len(studies) != len(loaded):
+        names = ", ".join(f"{study.folder} ({study.name})" for study in loaded)
+        print(f"error: two study folders hold the same study (study.name): {names}; give one folder per task",
+              file=sys.stderr)
         raise SystemExit(2)
     for name, study in studies.items():
         out = (args.out / name if several else args.out) or study.folder / "report"

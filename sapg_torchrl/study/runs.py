@@ -135,6 +135,11 @@ class Study:
         return _get(self.reference_run.config, dotted)
 
     @property
+    def name(self) -> str:
+        """The study's name (its runs' ``study.name``, by default the env preset), else the folder's name."""
+        return str(self.setting("study.name") or self.folder.name)
+
+    @property
     def num_blocks(self) -> int | None:
         """``sapg``'s ``M`` (``None`` without a ``sapg`` variant)."""
         return self.runs[REFERENCE][0].num_blocks if REFERENCE in self.runs else None

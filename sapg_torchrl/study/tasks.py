@@ -29,7 +29,7 @@ class CrossTask:
     """The aggregate of several tasks' studies.
 
     Attributes:
-        tasks (list of str): the tasks (study folder names), in the order given.
+        tasks (list of str): the tasks (their studies' names), in the order given.
         ranges (dict): task -> ``(low, high)`` of its normalisation.
         scores (dict): variant -> ``(n_runs, n_tasks)`` normalised final scores (rows: the seeds in common).
         seeds (dict): variant -> the seeds used.
