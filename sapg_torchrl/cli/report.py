@@ -6,13 +6,13 @@ with 95% bootstrap intervals), findings and plots.
     sapg-report runs/study/mountaincar runs/study/hopper --out reports/all   # several tasks
     sapg-report --scaling runs/scaling/mountaincar/N* --out reports/scaling    # final return against N
 
-Reads the finished runs of a study folder written by ``sapg-study`` (``<ablation>/seed<k>/``;
-unfinished ones are skipped with a warning) and prints the path of ``report.md``. With several folders (one
-per task) each gets its report in ``<out>/<study name>/`` (the runs' ``study.name``, by default the env preset)
-and ``<out>/across_tasks.md`` aggregates them (:mod:`sapg_torchrl.study.tasks`). With ``--scaling`` the folders are one task's studies at different numbers of
-envs (``sapg-study --config-name scaling``): ``<out>/scaling.md`` and ``scaling.png`` give the final return against
-``N`` (:mod:`sapg_torchrl.study.scaling`), and no per-study report is written. A folder that does not exist or holds no finished run exits with status 2 and
-a one-line error.
+Reads the finished runs of a study folder written by ``sapg-study`` (``<ablation>/seed<k>/``; unfinished ones are
+skipped with a warning) and prints the path of ``report.md``. With several folders (one per task) each gets its
+report in ``<out>/<study name>/`` (the runs' ``study.name``, by default the env preset) and
+``<out>/across_tasks.md`` aggregates them (:mod:`sapg_torchrl.study.tasks`). With ``--scaling`` the folders are one
+task's studies at different numbers of envs (``sapg-study --config-name scaling``): ``<out>/scaling.md`` and
+``scaling.png`` give the final return against ``N`` (:mod:`sapg_torchrl.study.scaling`), and no per-study report is
+written. A folder that does not exist or holds no finished run exits with status 2 and a one-line error.
 """
 
 from __future__ import annotations
