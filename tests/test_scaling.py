@@ -1,5 +1,8 @@
 """Performance against N: the scaling sweep's config, and its report on hand-written studies of known returns."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import yaml
@@ -58,11 +61,39 @@ def test_scaling_numbers_and_trends(scaling_folders):
     studies = [load_study(scaling_folders / f"N{n}") for n in (48, 12, 24)]  # any order
     scaling = scaling_summary(studies, reps=200)
     assert scaling.num_envs == [12, 24, 48] and scaling.variants == ["sapg", "no_split"]
+    assert list(scaling.iqm) == ["eval", "final"]  # the measure comparable at every N first
     for n, ppo in PPO_AT.items():
-        assert scaling.final["sapg"][n][0] == pytest.approx(10.0)
-        assert scaling.final["no_split"][n][0] == pytest.approx(ppo + 0.2)  # IQM of 5 seeds: mean of the middle 3
-        assert scaling.poi["no_split"][n][0] == pytest.approx(1.0)
-    assert trend(scaling.final["no_split"]) == "degrades" and trend(scaling.final["sapg"]) == "flat"
+        assert scaling.iqm["final"]["sapg"][n][0] == pytest.approx(10.0)
+        assert scaling.iqm["eval"]["sapg"][n][0] == pytest.approx(11.0)  # _write_run: eval = last value + 1
+        assert scaling.iqm["final"]["no_split"][n][0] == pytest.approx(ppo + 0.2)  # IQM of 5 seeds: the middle 3
+        assert scaling.iqm["eval"]["no_split"][n][0] == pytest.approx(ppo + 1.2)
+        assert scaling.poi["final"]["no_split"][n][0] == scaling.poi["eval"]["no_split"][n][0] == pytest.approx(1.0)
+        assert scaling.runs["no_split"][n] == scaling.scored["final"]["no_split"][n] == 5
+    assert trend(scaling.iqm["final"]["no_split"]) == "degrades" and trend(scaling.iqm["final"]["sapg"]) == "flat"
+    assert not any("longest episodes" in note for note in scaling.notes)  # no env.eval_steps in the toy config
+
+
+def test_runs_without_a_finished_episode_are_counted_and_short_budgets_flagged(scaling_folders, tmp_path):
+    """At a large N an env may not finish one episode in the budget: such a run has no final training return
+    (left out of that IQM, and counted), its evaluation still scores it, and the report names the N where
+    training returns cover fewer than two of the longest episodes."""
+    for n in PPO_AT:
+        shutil.copytree(scaling_folders / f"N{n}", tmp_path / f"N{n}")
+        for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):  # BUDGET 1000 frames; 1000 / N steps per env
+            config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "env": {
+                "make": {"env_name": "Toy-v0"}, "num_envs": n, "eval_steps": 30}}))  # fmt: skip
+    run = tmp_path / "N48" / "sapg" / "seed0"  # sapg seed 0 at N = 48: no episode finished, evaluated at 0.5
+    shutil.rmtree(run)
+    _write_run(run, "sapg", 0, np.full(FRAMES.size, np.nan), num_envs=48)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "env": {**config["env"], "eval_steps": 30}}))
+    (run / "result.json").write_text(json.dumps({**json.loads((run / "result.json").read_text()), "eval/return": 0.5}))
+    scaling = scaling_summary([load_study(tmp_path / f"N{n}") for n in PPO_AT], reps=100)
+    assert scaling.runs["sapg"][48] == 5 and scaling.scored["final"]["sapg"][48] == 4
+    assert scaling.scored["eval"]["sapg"][48] == 5 and scaling.iqm["eval"]["sapg"][48][0] == pytest.approx(11.0)
+    assert scaling.episode_steps == 30
+    short = "at N=24, 48 each env steps fewer than two of the longest episodes (30 steps)"  # 1000 / N < 60
+    assert any(note.startswith(short) for note in scaling.notes)  # not N = 12: 83 steps
 
 
 def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys):
@@ -72,10 +103,12 @@ def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys)
     assert capsys.readouterr().out.strip() == str(out / "scaling.md")
     text = (out / "scaling.md").read_text()
     assert (out / "scaling.png").stat().st_size > 0
-    final_row, poi_row = (line for line in text.splitlines() if line.startswith("| no_split"))
-    assert "| N=12 | N=24 | N=48 | trend |" in text and final_row.endswith("| degrades |")
-    assert poi_row == "| no_split | 1 [1, 1] | 1 [1, 1] | 1 [1, 1] |"
-    assert "--scaling" in text
+    rows = [line for line in text.splitlines() if line.startswith("| no_split")]
+    assert len(rows) == 4  # per measure: its row and its P(sapg > no_split) row
+    assert "| N=12 | N=24 | N=48 | trend |" in text and rows[0].endswith("| degrades |") and "(5/5)" in rows[0]
+    assert rows[1] == rows[3] == "| no_split | 1 [1, 1] | 1 [1, 1] | 1 [1, 1] |"
+    assert text.index("## Final evaluation return") < text.index("## Final training return")
+    assert "| steps per env | 83 | 42 | 21 |" in text and "--scaling" in text
 
 
 @pytest.mark.parametrize(

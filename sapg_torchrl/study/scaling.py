@@ -3,10 +3,18 @@
 The paper's central claim is that PPO stops improving as ``N`` grows while SAPG turns the extra envs into
 exploration. ``recipes/study.py --config-name scaling`` runs ``sapg`` and the tuned PPO baseline at several ``N``
 (``<folder>/N<N>/<ablation>/seed<k>/``, each ``N<N>`` a study folder); :func:`scaling_summary` gives each
-variant's final leader return (the last 10% of the budget, as in the study's report) at each ``N`` as an IQM
-with a 95% stratified-bootstrap interval, and ``P(sapg > variant)`` at each ``N``; :func:`write_scaling_report`
-writes ``scaling.md`` and ``scaling.png``. A study folder of the same task and budget at another ``N`` (e.g. the
-ablation study's) can be added: only the variants found at two or more ``N`` are compared.
+variant's score at each ``N`` as an IQM with a 95% stratified-bootstrap interval, and ``P(sapg > variant)`` at
+each ``N``, for two measures of the leader at the end of the budget:
+
+- ``"eval"``: its final deterministic evaluation on fresh envs (full episodes, the same at every ``N``);
+- ``"final"``: its training return over the last 10% of the budget, as in the study's report. At a fixed frame
+  budget each env steps ``budget / N`` times: where that is under two of the longest episodes, the window holds
+  only the episodes that ended early (e.g. MountainCar's flag reached), or none (the run is left out of that
+  aggregate and counted), so this measure is not comparable across ``N`` there, and the report says so.
+
+:func:`write_scaling_report` writes ``scaling.md`` and ``scaling.png``. A study folder of the same task and budget
+at another ``N`` (e.g. the ablation study's) can be added: only the variants found at two or more ``N`` are
+compared.
 """
 
 from __future__ import annotations
@@ -20,17 +28,19 @@ import numpy as np
 
 from sapg_torchrl.study.render import variant_colors
 from sapg_torchrl.study.runs import REFERENCE, Study
-from sapg_torchrl.study.summary import NAN_INTERVAL, Interval, summarize
+from sapg_torchrl.study.summary import Interval, improvement_over, summarize
 
-__all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
+__all__ = ["MEASURES", "Scaling", "scaling_summary", "trend", "write_scaling_report"]
 
 # settings every study of a scaling sweep shares (dotted config key, name in the messages)
 _SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"), ("total_frames", "frame budget"))
+MEASURES = {"eval": "final evaluation return", "final": "final training return"}
+"""The scaling report's measures (keys of :attr:`Summary.per_run`), the comparable one first."""
 
 
 @dataclass
 class Scaling:
-    """Final leader returns against ``N``.
+    """Final scores against ``N``.
 
     Attributes:
         task (str): the env's name.
@@ -38,10 +48,13 @@ class Scaling:
         num_envs (list of int): the values of ``N``, ascending.
         folders (dict): ``N`` -> its study folder.
         variants (list of str): the variants found at two or more ``N``, in the study's order.
-        final (dict): variant -> ``N`` -> ``(IQM, low, high)`` of the final return (absent where not run).
-        seeds (dict): variant -> ``N`` -> the number of runs.
-        poi (dict): variant -> ``N`` -> ``P(sapg > variant)`` with its interval, where both ran.
-        notes (list of str): variants left out, and why.
+        iqm (dict): measure (:data:`MEASURES`) -> variant -> ``N`` -> ``(IQM, low, high)`` (absent where not run).
+        runs (dict): variant -> ``N`` -> the number of runs.
+        scored (dict): measure -> variant -> ``N`` -> the runs with a value (a run whose leader finished no
+            episode in the last 10% of the budget has no final training return).
+        poi (dict): measure -> variant -> ``N`` -> ``P(sapg > variant)`` with its interval, where both ran.
+        episode_steps (int or None): the longest episode (``env.eval_steps``).
+        notes (list of str): variants left out, measures not comparable at some ``N``, and why.
     """
 
     task: str
@@ -49,9 +62,11 @@ class Scaling:
     num_envs: list[int]
     folders: dict[int, Path]
     variants: list[str]
-    final: dict[str, dict[int, Interval]]
-    seeds: dict[str, dict[int, int]]
-    poi: dict[str, dict[int, Interval]]
+    iqm: dict[str, dict[str, dict[int, Interval]]]
+    runs: dict[str, dict[int, int]]
+    scored: dict[str, dict[str, dict[int, int]]]
+    poi: dict[str, dict[str, dict[int, Interval]]]
+    episode_steps: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -111,15 +126,29 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
     order = [v for study in studies for v in study.variants]
     variants = sorted((v for v, ns in found.items() if len(ns) >= 2), key=order.index)
     notes = [f"{v}: only at N={ns[0]}, left out" for v, ns in found.items() if len(ns) < 2]
-    final = {v: {n: summaries[n].iqm["final"][v] for n in found[v]} for v in variants}
-    seeds = {v: {n: len(by_n[n].runs[v]) for n in found[v]} for v in variants}
-    poi = {v: {n: summaries[n].poi.get(v, NAN_INTERVAL) for n in found[v] if REFERENCE in by_n[n].runs}
-           for v in variants if v != REFERENCE}  # fmt: skip
+    iqm = {m: {v: {n: summaries[n].iqm[m][v] for n in found[v]} for v in variants} for m in MEASURES}
+    runs = {v: {n: len(by_n[n].runs[v]) for n in found[v]} for v in variants}
+    scored = {m: {v: {n: int(np.isfinite(summaries[n].per_run[v][m]).sum()) for n in found[v]} for v in variants}
+              for m in MEASURES}  # fmt: skip
+    improvement = {m: {n: improvement_over(summaries[n].per_run, m, reps=reps, seed=seed) for n in num_envs}
+                   for m in MEASURES}  # fmt: skip
+    poi = {m: {v: {n: improvement[m][n][v] for n in found[v] if v in improvement[m][n]}
+               for v in variants if v != REFERENCE} for m in MEASURES}  # fmt: skip
+    steps = studies[0].setting("env.eval_steps")
+    episode_steps = int(steps) if steps is not None else None
+    short = [n for n in num_envs if episode_steps and float(studies[0].setting("total_frames")) / n < 2 * episode_steps]
+    if short:
+        notes.append(
+            f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
+            f"({episode_steps} steps) in the budget: there the final training return averages only the episodes "
+            "that ended early (or none), so it is not comparable across N; the final evaluation is"
+        )
     for n in num_envs:
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes, *summaries[n].notes)]
     first = studies[0]
     return Scaling(str(first.setting("env.make.env_name")), float(first.setting("total_frames")), num_envs,
-                   {n: by_n[n].folder for n in num_envs}, variants, final, seeds, poi, notes)  # fmt: skip
+                   {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, episode_steps,
+                   notes)  # fmt: skip
 
 
 def _ci(interval: Interval) -> str:
@@ -131,28 +160,30 @@ def _plot(scaling: Scaling, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = variant_colors(scaling.variants)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for variant in scaling.variants:
-        ns = sorted(scaling.final[variant])
-        point, low, high = (np.array([scaling.final[variant][n][i] for n in ns]) for i in range(3))
-        ax.plot(ns, point, marker="o", color=colors[variant], lw=1.8, label=variant)
-        ax.fill_between(ns, low, high, color=colors[variant], alpha=0.2, lw=0)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(scaling.num_envs, [str(n) for n in scaling.num_envs])
-    ax.minorticks_off()
-    ax.set_xlabel("N, parallel envs (log scale)")
-    ax.set_ylabel("final leader return (IQM, 95% CI)")
-    ax.set_title(f"{scaling.task}: final return against N at {scaling.budget:.3g} frames per run", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.2), squeeze=False)
+    for ax, (measure, label) in zip(axes[0], MEASURES.items(), strict=True):
+        for variant in scaling.variants:
+            ns = sorted(scaling.iqm[measure][variant])
+            point, low, high = (np.array([scaling.iqm[measure][variant][n][i] for n in ns]) for i in range(3))
+            ax.plot(ns, point, marker="o", color=colors[variant], lw=1.8, label=variant)
+            ax.fill_between(ns, low, high, color=colors[variant], alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(scaling.num_envs, [str(n) for n in scaling.num_envs])
+        ax.minorticks_off()
+        ax.set_xlabel("N, parallel envs (log scale)")
+        ax.set_ylabel(f"leader's {label} (IQM, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(f"{scaling.task}: the leader at the end of {scaling.budget:.3g} frames per run, against N",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) -> Path:
-    """Writes ``scaling.md`` (the table behind the figure, ``P(sapg > variant)`` at each ``N`` and each
-    variant's :func:`trend`) and ``scaling.png`` in ``out_dir``; returns the Markdown's path."""
+    """Writes ``scaling.md`` (per measure, the table behind the figure with each variant's :func:`trend`, and
+    ``P(sapg > variant)`` at each ``N``) and ``scaling.png`` in ``out_dir``; returns the Markdown's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,25 +191,34 @@ def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot(scaling, out_dir / "scaling.png")
     header = " | ".join(f"N={n}" for n in scaling.num_envs)
+    steps = " | ".join(f"{scaling.budget / n:.0f}" for n in scaling.num_envs)
     rule = "|---" * (len(scaling.num_envs) + 2) + "|"
-    lines = [f"# Final return against N: {scaling.task}", "", "```bash", command, "```", "",
-             f"Each run collects {scaling.budget:.4g} frames. Final return: the leader's mean return over the last 10% "
-             "of the budget; IQM over seeds with a 95% stratified-bootstrap interval (seeds in parentheses). Trend: "
-             "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
-             "below the largest's, `saturates` when neither and the best N is not the largest.", "",
-             f"| variant | {header} | trend |", rule]  # fmt: skip
-    for variant in scaling.variants:
-        cells = [f"{_ci(scaling.final[variant][n])} ({scaling.seeds[variant][n]})" if n in scaling.final[variant]
-                 else "–" for n in scaling.num_envs]  # fmt: skip
-        lines.append(f"| {variant} | {' | '.join(cells)} | {trend(scaling.final[variant])} |")
-    if scaling.poi:
-        lines += ["", f"P({REFERENCE} > variant) on the final return [95% CI]:", "",
-                  f"| variant | {header} |", "|---" * (len(scaling.num_envs) + 1) + "|"]  # fmt: skip
-        for variant, by_n in scaling.poi.items():
-            cells = [_ci(by_n[n]) if n in by_n else "–" for n in scaling.num_envs]
-            lines.append(f"| {variant} | {' | '.join(cells)} |")
+    longest = f" (longest episode: {scaling.episode_steps})" if scaling.episode_steps else ""
+    about = (
+        "Each run collects {budget:.4g} frames. *Final evaluation return*: the leader's final deterministic evaluation "
+        "on fresh envs. *Final training return*: its mean return over the last 10% of the budget. IQM over seeds with "
+        "a 95% stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
+        "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
+        "below the largest's, `saturates` when neither and the best N is not the largest."
+    )
+    lines = [f"# The leader against N: {scaling.task}", "", "```bash", command, "```", "",
+             about.format(budget=scaling.budget), "", f"| steps per env{longest} | {steps} |",
+             "|---" * (len(scaling.num_envs) + 1) + "|"]  # fmt: skip
+    for measure, label in MEASURES.items():
+        lines += ["", f"## {label[0].upper()}{label[1:]}", "", f"| variant | {header} | trend |", rule]
+        for variant in scaling.variants:
+            by_n = scaling.iqm[measure][variant]
+            cells = [f"{_ci(by_n[n])} ({scaling.scored[measure][variant][n]}/{scaling.runs[variant][n]})"
+                     if n in by_n else "–" for n in scaling.num_envs]  # fmt: skip
+            lines.append(f"| {variant} | {' | '.join(cells)} | {trend(by_n)} |")
+        if scaling.poi[measure]:
+            lines += ["", f"P({REFERENCE} > variant) on the {label} [95% CI]:", "",
+                      f"| variant | {header} |", "|---" * (len(scaling.num_envs) + 1) + "|"]  # fmt: skip
+            for variant, by_n in scaling.poi[measure].items():
+                cells = [_ci(by_n[n]) if n in by_n else "–" for n in scaling.num_envs]
+                lines.append(f"| {variant} | {' | '.join(cells)} |")
     lines += ["", "Study folders: " + ", ".join(f"N={n}: `{p}`" for n, p in scaling.folders.items()), ""]
-    lines += [f"- Note: {note}" for note in scaling.notes] + ["", "![final return against N](scaling.png)", ""]
+    lines += [f"- Note: {note}" for note in scaling.notes] + ["", "![the leader against N](scaling.png)", ""]
     path = out_dir / "scaling.md"
     path.write_text("\n".join(lines))
     return path

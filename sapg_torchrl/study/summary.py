@@ -83,6 +83,21 @@ def _finite_iqm(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str
     return out
 
 
+def improvement_over(per_run: dict, metric: str, *, reps: int = 2000, seed: int = 0) -> dict[str, Interval]:
+    """``P(sapg > variant)`` on one per-run ``metric`` (``"final"`` or ``"eval"`` of :attr:`Summary.per_run`),
+    for every variant but ``sapg``, over the runs with a finite value; empty without ``sapg``."""
+    if REFERENCE not in per_run:
+        return {}
+    x = per_run[REFERENCE][metric]
+    x = x[np.isfinite(x)]
+    out = {}
+    for variant, d in per_run.items():
+        if variant != REFERENCE:
+            y = d[metric][np.isfinite(d[metric])]
+            out[variant] = probability_of_improvement(x, y, reps=reps, seed=seed) if x.size and y.size else NAN_INTERVAL
+    return out
+
+
 def _learning_curves(study: Study, points: int, reps: int, seed: int) -> dict:
     """IQM over seeds of the leader's return on a common frame grid, with a percentile-bootstrap band.
 
@@ -248,16 +263,7 @@ def summarize(
     iqm["auc"] = _finite_iqm({v: d["auc"] for v, d in per_run.items()}, reps, seed)
     iqm["frames"] = _finite_iqm({v: d["frames"] for v, d in per_run.items()}, reps, seed)
 
-    poi = {}
-    if REFERENCE in per_run:
-        x = per_run[REFERENCE]["final"]
-        x = x[np.isfinite(x)]
-        for variant, d in per_run.items():
-            if variant == REFERENCE:
-                continue
-            y = d["final"][np.isfinite(d["final"])]
-            poi[variant] = probability_of_improvement(x, y, reps=reps, seed=seed) if x.size and y.size else NAN_INTERVAL
-
+    poi = improvement_over(per_run, "final", reps=reps, seed=seed)
     div, bottlenecks = _diversity(study, seed, max_states, ae_epochs, notes) if diversity else ({}, ())
     curves = _learning_curves(study, curve_points, reps, seed)
     return Summary(per_run, iqm, poi, low, high, threshold, best, tuned_ppo, div, curves, bottlenecks, notes)
