@@ -73,6 +73,15 @@ def test_scaling_numbers_and_trends(scaling_folders):
     assert not any("longest episodes" in note for note in scaling.notes)  # no env.eval_steps in the toy config
 
 
+def test_settings_compare_by_value(scaling_folders, tmp_path):
+    """A study run before the typed schema wrote ``total_frames: 1000``, a later one ``1000.0``: the same budget."""
+    shutil.copytree(scaling_folders / "N12", tmp_path / "N12")
+    for config in (tmp_path / "N12").glob("*/seed*/config.yaml"):
+        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "total_frames": 1000.0}))
+    scaling = scaling_summary([load_study(tmp_path / "N12"), load_study(scaling_folders / "N24")], reps=100)
+    assert scaling.num_envs == [12, 24]
+
+
 def test_runs_without_a_finished_episode_are_counted_and_short_budgets_flagged(scaling_folders, tmp_path):
     """At a large N an env may not finish one episode in the budget: such a run has no final training return
     (left out of that IQM, and counted), its evaluation still scores it, and the report names the N where

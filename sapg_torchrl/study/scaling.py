@@ -70,6 +70,12 @@ class Scaling:
     notes: list[str] = field(default_factory=list)
 
 
+def _comparable(value):
+    """A setting as compared across studies: numbers by value (runs from before the typed schema have
+    ``total_frames: 4000000``, later ones ``4000000.0``), anything else by its text."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
 def trend(final: dict[int, Interval]) -> str:
     """What a variant's final return does as ``N`` grows, judged by non-overlapping 95% intervals.
 
@@ -114,7 +120,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             raise ValueError(f"two study folders have N={n}: {by_n[n].folder} and {study.folder}")
         for key, label in _SAME:
             mine, first = study.setting(key), studies[0].setting(key)
-            if str(mine) != str(first):
+            if _comparable(mine) != _comparable(first):
                 raise ValueError(f"{label} ({key}) differs: {mine} in {study.folder}, {first} in {studies[0].folder}")
         by_n[n] = study
     num_envs = sorted(by_n)
