@@ -140,9 +140,10 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
                    for m in MEASURES}  # fmt: skip
     poi = {m: {v: {n: improvement[m][n][v] for n in found[v] if v in improvement[m][n]}
                for v in variants if v != REFERENCE} for m in MEASURES}  # fmt: skip
-    steps = studies[0].setting("env.eval_steps")
+    first = studies[0]
+    budget, steps = float(first.setting("total_frames")), first.setting("env.eval_steps")
     episode_steps = int(steps) if steps is not None else None
-    short = [n for n in num_envs if episode_steps and float(studies[0].setting("total_frames")) / n < 2 * episode_steps]
+    short = [n for n in num_envs if episode_steps and budget / n < 2 * episode_steps]
     if short:
         notes.append(
             f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
@@ -151,8 +152,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
         )
     for n in num_envs:
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes, *summaries[n].notes)]
-    first = studies[0]
-    return Scaling(str(first.setting("env.make.env_name")), float(first.setting("total_frames")), num_envs,
+    return Scaling(str(first.setting("env.make.env_name")), budget, num_envs,
                    {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, episode_steps,
                    notes)  # fmt: skip
 
