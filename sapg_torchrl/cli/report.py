@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     studies = {study.name: study for study in loaded}
     if len(studies) != len(loaded):
-        names = ", ".join(f"{study.folder} ({study.name})" for study in loaded)
+        clash = [study for study in loaded if [other.name for other in loaded].count(study.name) > 1]
+        names = ", ".join(f"{study.folder} ({study.name})" for study in clash)
         print(f"error: two study folders hold the same study (study.name): {names}; give one folder per task",
               file=sys.stderr)
         raise SystemExit(2)
