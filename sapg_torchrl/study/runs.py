@@ -49,6 +49,12 @@ def _get(config: dict, dotted: str, default=None):
     return node
 
 
+def comparable(value):
+    """A setting as runs and studies compare it: ``4000000`` and ``4000000.0`` are one budget (runs from before the
+    typed schema wrote ints)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 @dataclass
 class Run:
     """One finished run of the study.
@@ -229,10 +235,7 @@ def _check(runs: dict[str, list[Run]]) -> tuple[list[str], list[str]]:
     def differing(key, selected):
         values: dict = {}
         for run in selected:
-            value = _get(run.config, key)
-            if isinstance(value, float) and value.is_integer():  # 4000000 and 4000000.0 are one budget
-                value = int(value)
-            values.setdefault(repr(value), []).append(run.name)
+            values.setdefault(repr(comparable(_get(run.config, key))), []).append(run.name)
         return values if len(values) > 1 else None
 
     for key, label in SHARED_KEYS:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sapg_torchrl.study.render import variant_colors
-from sapg_torchrl.study.runs import REFERENCE, Study
+from sapg_torchrl.study.runs import REFERENCE, Study, comparable
 from sapg_torchrl.study.summary import Interval, improvement_over, summarize
 
 __all__ = ["MEASURES", "Scaling", "scaling_summary", "trend", "write_scaling_report"]
@@ -68,12 +68,6 @@ class Scaling:
     poi: dict[str, dict[str, dict[int, Interval]]]
     episode_steps: int | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def _comparable(value):
-    """A setting as compared across studies: numbers by value (runs from before the typed schema have
-    ``total_frames: 4000000``, later ones ``4000000.0``), anything else by its text."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
 
 
 def trend(final: dict[int, Interval]) -> str:
@@ -120,7 +114,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             raise ValueError(f"two study folders have N={n}: {by_n[n].folder} and {study.folder}")
         for key, label in _SAME:
             mine, first = study.setting(key), studies[0].setting(key)
-            if _comparable(mine) != _comparable(first):
+            if comparable(mine) != comparable(first):
                 raise ValueError(f"{label} ({key}) differs: {mine} in {study.folder}, {first} in {studies[0].folder}")
         by_n[n] = study
     num_envs = sorted(by_n)
