@@ -82,6 +82,17 @@ def test_settings_compare_by_value(scaling_folders, tmp_path):
     assert scaling.num_envs == [12, 24]
 
 
+def test_variants_at_one_n_are_left_out_in_one_note(scaling_folders, tmp_path):
+    """The ablation study added as one N brings variants the sweep does not run: one note names them all."""
+    shutil.copytree(scaling_folders / "N24", tmp_path / "N24")
+    for variant in ("symmetric", "disjoint"):
+        for seed in range(5):
+            _write_run(tmp_path / "N24" / variant / f"seed{seed}", variant, seed, np.full(FRAMES.size, 3.0), num_envs=24)
+    scaling = scaling_summary([load_study(scaling_folders / "N12"), load_study(tmp_path / "N24")], reps=100)
+    assert scaling.variants == ["sapg", "no_split"]
+    assert [note for note in scaling.notes if "only at" in note] == ["only at N=24, left out: symmetric, disjoint"]
+
+
 def test_runs_without_a_finished_episode_are_counted_and_short_budgets_flagged(scaling_folders, tmp_path):
     """At a large N an env may not finish one episode in the budget: such a run has no final training return
     (left out of that IQM, and counted), its evaluation still scores it, and the report names the N where

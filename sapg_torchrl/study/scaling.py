@@ -54,7 +54,8 @@ class Scaling:
             episode in the last 10% of the budget has no final training return).
         poi (dict): measure -> variant -> ``N`` -> ``P(sapg > variant)`` with its interval, where both ran.
         episode_steps (int or None): the longest episode (``env.eval_steps``).
-        notes (list of str): variants left out, measures not comparable at some ``N``, and why.
+        notes (list of str): variants left out, measures not comparable at some ``N``, and why; the runs
+            without a value are counted per cell (``scored``), not noted.
     """
 
     task: str
@@ -125,7 +126,11 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             found.setdefault(variant, []).append(n)
     order = [v for study in studies for v in study.variants]
     variants = sorted((v for v, ns in found.items() if len(ns) >= 2), key=order.index)
-    notes = [f"{v}: only at N={ns[0]}, left out" for v, ns in found.items() if len(ns) < 2]
+    alone: dict[int, list[str]] = {}
+    for v, ns in found.items():
+        if len(ns) < 2:
+            alone.setdefault(ns[0], []).append(v)
+    notes = [f"only at N={n}, left out: {', '.join(vs)}" for n, vs in alone.items()]
     iqm = {m: {v: {n: summaries[n].iqm[m][v] for n in found[v]} for v in variants} for m in MEASURES}
     runs = {v: {n: len(by_n[n].runs[v]) for n in found[v]} for v in variants}
     scored = {m: {v: {n: int(np.isfinite(summaries[n].per_run[v][m]).sum()) for n in found[v]} for v in variants}
@@ -144,8 +149,8 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             f"({episode_steps} steps) in the budget: there the final training return averages only the episodes "
             "that ended early (or none), so it is not comparable across N; the final evaluation is"
         )
-    for n in num_envs:
-        notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes, *summaries[n].notes)]
+    for n in num_envs:  # the summaries' own notes are about measures this report leaves out or counts per cell
+        notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes)]
     return Scaling(str(first.setting("env.make.env_name")), budget, num_envs,
                    {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, episode_steps,
                    notes)  # fmt: skip
