@@ -100,12 +100,16 @@ def block_entropy_coefficients(
     - ``"paper"``: follower ``i`` (1-based, leader = policy 1) gets ``sigma * (i - 1)``, i.e.
       ``scale * |b - leader|`` with ``sigma = scale``.
     - ``"explicit"``: ``coefficients`` as given, one per block.
+    - ``"zero"``: every block 0 (the ``no_entropy`` ablation), whatever ``scale`` is, so a task's ``scale`` set
+      for the other variants does not reach it.
 
     Examples:
         >>> block_entropy_coefficients(6, 5, schedule="code", scale=0.005)
         tensor([0.0025, 0.0020, 0.0015, 0.0010, 0.0005, 0.0000])
         >>> block_entropy_coefficients(3, 0, schedule="paper", scale=0.01)
         tensor([0.0000, 0.0100, 0.0200])
+        >>> block_entropy_coefficients(3, 2, schedule="zero", scale=0.01)
+        tensor([0., 0., 0.])
     """
     if schedule == "explicit":
         if coefficients is None or len(coefficients) != num_blocks:
@@ -116,10 +120,12 @@ def block_entropy_coefficients(
             )
         return torch.as_tensor(list(coefficients), dtype=torch.float32)
     distance = (torch.arange(num_blocks) - leader).abs().float()
+    if schedule == "zero":
+        return torch.zeros(num_blocks)
     if schedule == "code":
         return 0.5 * scale * distance / max(num_blocks - 1, 1)
     if schedule == "paper":
         return scale * distance
     raise ConfigError(
-        f"entropy schedule {schedule!r} is not accepted: use one of 'code', 'paper', 'explicit'"
+        f"entropy schedule {schedule!r} is not accepted: use one of 'code', 'paper', 'explicit', 'zero'"
     )

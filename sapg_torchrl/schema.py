@@ -199,8 +199,8 @@ class SAPGSettings:
     )
     entropy_schedule: str = setting(
         "code",
-        "``code`` | ``paper`` | ``explicit`` (see :func:`sapg_torchrl.block_entropy_coefficients`)",
-        OneOf("code", "paper", "explicit"),
+        "``code`` | ``paper`` | ``explicit`` | ``zero`` (see :func:`sapg_torchrl.block_entropy_coefficients`)",
+        OneOf("code", "paper", "explicit", "zero"),
     )
     entropy_scale: float = setting(0.005, "the code's ``scale`` or the paper's ``sigma``", NON_NEGATIVE)
     entropy_coefficients: Optional[List[float]] = setting(

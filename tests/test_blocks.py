@@ -85,6 +85,11 @@ def test_explicit_schedule_returns_the_list():
     torch.testing.assert_close(coef, torch.tensor([0.3, 0.2, 0.0]))
 
 
+def test_zero_schedule_ignores_the_scale():
+    """Zero schedule (no_entropy): every block 0, so a task's entropy scale cannot reach the ablation."""
+    assert block_entropy_coefficients(6, 5, schedule="zero", scale=0.05).tolist() == [0.0] * 6
+
+
 @pytest.mark.parametrize("schedule", ["code", "paper"])
 def test_single_block_gets_zero(schedule):
     """M = 1 (no_split): the only block is the leader, coefficient 0."""
@@ -96,7 +101,7 @@ def test_schedule_errors_name_bad_and_accepted_values():
     """Unknown schedule and wrong explicit length raise ConfigError naming the value."""
     with pytest.raises(ConfigError) as err:
         block_entropy_coefficients(6, 5, schedule="linear", scale=0.1)
-    for text in ["'linear'", "'code'", "'paper'", "'explicit'"]:
+    for text in ["'linear'", "'code'", "'paper'", "'explicit'", "'zero'"]:
         assert text in str(err.value)
     with pytest.raises(ConfigError) as err:
         block_entropy_coefficients(6, 5, schedule="explicit", coefficients=[0.1, 0.2])

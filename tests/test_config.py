@@ -9,7 +9,7 @@ ABLATION_KEYS = {
     "symmetric": {"sapg.aggregation"},
     "no_off_policy": {"sapg.aggregation"},
     "no_is_correction": {"sapg.importance_correction"},
-    "no_entropy": {"sapg.entropy_scale"},
+    "no_entropy": {"sapg.entropy_schedule"},
     "disjoint": {"network.disjoint"},
     "no_is_correction_capped": {"sapg.importance_correction", "sapg.max_importance_ratio"},
     **{
@@ -64,7 +64,7 @@ def test_ablation_values(compose_cfg):
     assert cfg["symmetric"].sapg.aggregation == "symmetric"
     assert cfg["no_off_policy"].sapg.aggregation == "none"
     assert cfg["no_is_correction"].sapg.importance_correction is False
-    assert cfg["no_entropy"].sapg.entropy_scale == 0
+    assert cfg["no_entropy"].sapg.entropy_schedule == "zero"  # every block 0, whatever the task's entropy scale
     assert cfg["disjoint"].network.disjoint is True
     assert cfg["no_is_correction_capped"].sapg.importance_correction is False
     assert cfg["no_is_correction_capped"].sapg.max_importance_ratio == 3.0

@@ -131,6 +131,12 @@ def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, 
         (["env.num_envs=384,100"], ["num_envs=100 is not divisible by num_blocks=6", "96 or 102"]),
         (["--config-name", "nope"], ["unknown config 'nope' (--config-name)", "scaling", "study"]),
         (["--config-name=scaling", "ablation=sapg,nope"], ["unknown ablation 'nope'"]),
+        # a setting that undoes what the ablation is: the run would carry its name without being it
+        (["ablation=no_split", "sapg.num_blocks=6"],
+         ["sapg.num_blocks=6 changes what ablation=no_split sets", "sapg.num_blocks: 1", "--config-dir"]),
+        (["ablation=no_entropy", "sapg.entropy_schedule=code"], ["changes what ablation=no_entropy sets"]),
+        # the study's own sweep of ablations (its config, not the command line) is checked value by value
+        (["--config-name=study", "sapg.entropy_schedule=paper"], ["changes what ablation=ppo_entropy_0.005 sets"]),
     ],
 )
 def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
@@ -152,6 +158,8 @@ def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
         (["study.name=mine", "hydra/launcher=slurm", "--config-dir", "."], "study"),
         (["run=somewhere", "blocks=all", "episodes=3"], "evaluate"),
         (["--config-name", "scaling", "env.num_envs=384,768,3072,6144", "seed=0,1"], "study"),
+        (["env=hopper", "sapg.entropy_scale=0.05"], "study"),  # the Hopper study: no_entropy has its own schedule
+        (["ablation=no_split", "sapg.num_blocks=1"], "sapg"),  # repeats the ablation's own value
         (["--help"], "sapg"),
     ],
 )
@@ -165,6 +173,9 @@ def test_own_config_folder_adds_an_ablation(tmp_path, capsys):
     header = "# @package _global_\n"
     (tmp_path / "ablation" / "mine.yaml").write_text(header + "sapg:\n  entropy_scale: 0.1\n")
     check_command_line(["--config-dir", str(tmp_path), "ablation=mine"], "sapg")
+    with pytest.raises(SystemExit):  # what a user's ablation sets is guarded like the library's
+        check_command_line(["--config-dir", str(tmp_path), "ablation=mine", "sapg.entropy_scale=0.2"], "sapg")
+    assert "changes what ablation=mine sets (sapg.entropy_scale: 0.1)" in capsys.readouterr().err
     bad_files = {
         "typo": (header + "sapg:\n  entropy_scal: 0.1\n", "unknown setting 'sapg.entropy_scal' (in ablation/typo.yaml)"),
         "wrong": (header + "ppo:\n  lr: fast\n", "ppo.lr='fast' (in ablation/wrong.yaml) is not accepted: a number > 0"),
