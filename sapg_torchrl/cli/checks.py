@@ -111,24 +111,22 @@ def _flat(node: dict, prefix: str = "") -> dict:
     return out
 
 
-def _overridden_ablation_setting(cfg, variant: list[str], search: list[str]) -> str | None:
-    """The message for a command-line setting that changes what the chosen ablation sets, else ``None``.
+def _overridden_ablation_setting(cfg, ablation: str, variant: list[str], search: list[str]) -> str | None:
+    """The message for a command-line setting that changes what ``ablation`` sets, else ``None``.
 
     Such a run would carry the ablation's name without being it: e.g. ``ablation=no_split sapg.num_blocks=6``, or
     a study's ``sapg.entropy_scale=0.05`` reaching an ablation defined by its entropy scale (the command line wins
-    over every config file in Hydra). An override that repeats the ablation's own value is accepted.
+    over every config file in Hydra, so ``cfg``, composed from ``variant``, holds its values whatever the
+    ablation). An override that repeats the ablation's own value is accepted.
     """
     from hydra import compose
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    choices = cfg.hydra.runtime.choices
-    ablation = choices.get("ablation")
-    if ablation is None:
-        return None
     # the ablation's file alone, with its own defaults, wherever on the search path (--config-dir) it is
     ConfigStore.instance().store(name=_ABLATION_ONLY, node={"defaults": [{"ablation": "sapg"}, "_self_"]})
     sets = _flat(OmegaConf.to_container(compose(_ABLATION_ONLY, overrides=[*search, f"ablation={ablation}"])))
+    choices = cfg.hydra.runtime.choices
     for override in variant:
         key = override.lstrip("+~").partition("=")[0]
         if key in choices or key.startswith("hydra"):
@@ -145,16 +143,24 @@ def _overridden_ablation_setting(cfg, variant: list[str], search: list[str]) -> 
     return None
 
 
+def _ablations(cfg, variant: list[str]) -> list[str]:
+    """The ablations a command line runs: its own, or every value of the config's sweep of them (the study's)."""
+    chosen = cfg.hydra.runtime.choices.get("ablation")
+    swept = (cfg.hydra.sweeper.get("params") or {}).get("ablation")
+    if chosen is None or swept is None or any(o.lstrip("+~").startswith("ablation=") for o in variant):
+        return [] if chosen is None else [chosen]
+    return [v.partition("=")[2] for (v,) in _variants([f"ablation={swept}"])]
+
+
 def check_command_line(argv: Sequence[str], config_name: str) -> None:
     """Exits with status 2 and one line (``error: ...``) if the config a recipe's command line asks for would be
     refused, before Hydra creates any folder or anything is built.
 
-    The config is composed (on its schema, see :mod:`sapg_torchrl.schema`) once per value of every sweep, the
-    command line's and the config's own (``hydra.sweeper.params``, e.g. the study's ablations), so each value of
-    ``ablation=sapg,foo`` or ``ppo.lr=1e-3,abc`` is checked. Refused: an unknown group option
+    The config is composed (on its schema, see :mod:`sapg_torchrl.schema`) once per value of every sweep, so
+    each value of ``ablation=sapg,foo`` or ``ppo.lr=1e-3,abc`` is checked. Refused: an unknown group option
     (``ablation=foo``), an unknown setting (``ppo.lrr=1``), a value of the wrong type (``ppo.lr=abc``) or out of
     range (``ppo.lr=-0.1``), a setting that changes what the chosen ablation sets (``ablation=no_split
-    sapg.num_blocks=6``); each message names the key, the value and what is accepted. ``hydra.*`` overrides and
+    sapg.num_blocks=6``; every ablation of the config's own sweep, the study's, is checked); each message names the key, the value and what is accepted. ``hydra.*`` overrides and
     Hydra's informational flags (``--help``, ``--cfg``) are left to Hydra.
     """
     from hydra import compose, initialize_config_dir
@@ -175,25 +181,17 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
         if named not in configs:
             _fail(f"unknown config {named!r} (--config-name); accepted: {', '.join(configs)}")
         config_name = named
-    pending, config_sweeps = _variants(overrides), None
-    while pending:
-        variant = pending.pop(0)
+    for variant in _variants(overrides):
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 cfg = compose(config_name, overrides=search + variant, return_hydra_config=True)
-                conflict = _overridden_ablation_setting(cfg, variant, search)
+                conflicts = (_overridden_ablation_setting(cfg, a, variant, search) for a in _ablations(cfg, variant))
+                conflict = next((c for c in conflicts if c is not None), None)
             root = SCHEMAS.get(cfg.hydra.runtime.choices.get("schema"), root)
             validate(cfg, root)
             if conflict is not None:
                 _fail(conflict)
-            if config_sweeps is None:  # the config's own sweeps (the study's ablations), where the command line
-                # does not replace them: each of their values is checked too
-                on_command_line = {o.lstrip("+~").partition("=")[0] for o in overrides}
-                params = cfg.hydra.sweeper.get("params") or {}
-                config_sweeps = [f"{k}={v}" for k, v in params.items() if k not in on_command_line]
-                if config_sweeps:
-                    pending = _variants(overrides + config_sweeps)
         except ConfigError as err:
             _fail(str(err))
         except (HydraException, OmegaConfBaseException) as err:
