@@ -119,9 +119,9 @@ def block_entropy_coefficients(
                 f"coefficients for num_blocks={num_blocks}"
             )
         return torch.as_tensor(list(coefficients), dtype=torch.float32)
-    distance = (torch.arange(num_blocks) - leader).abs().float()
     if schedule == "zero":
         return torch.zeros(num_blocks)
+    distance = (torch.arange(num_blocks) - leader).abs().float()
     if schedule == "code":
         return 0.5 * scale * distance / max(num_blocks - 1, 1)
     if schedule == "paper":

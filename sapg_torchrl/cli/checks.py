@@ -160,8 +160,9 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
     each value of ``ablation=sapg,foo`` or ``ppo.lr=1e-3,abc`` is checked. Refused: an unknown group option
     (``ablation=foo``), an unknown setting (``ppo.lrr=1``), a value of the wrong type (``ppo.lr=abc``) or out of
     range (``ppo.lr=-0.1``), a setting that changes what the chosen ablation sets (``ablation=no_split
-    sapg.num_blocks=6``; every ablation of the config's own sweep, the study's, is checked); each message names the key, the value and what is accepted. ``hydra.*`` overrides and
-    Hydra's informational flags (``--help``, ``--cfg``) are left to Hydra.
+    sapg.num_blocks=6``; every ablation of the config's own sweep, the study's, is checked); each message names
+    the key, the value and what is accepted. ``hydra.*`` overrides and Hydra's informational flags (``--help``,
+    ``--cfg``) are left to Hydra.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
