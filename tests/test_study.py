@@ -65,6 +65,7 @@ def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
         "no_split/seed0", "no_split/seed1", "sapg/seed0", "sapg/seed1",
     ]  # fmt: skip
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/seed*/metrics.csv")}
+    records = {p: p.read_bytes() for p in sweep_dir.glob("*/seed*/.hydra/*.yaml")}  # Hydra's, of the first job
     (sweep_dir / "sapg" / "seed1" / "result.json").unlink()  # killed after its final checkpoint
     redone = sweep_dir / "sapg" / "seed0"
     (redone / "result.json").unlink()  # killed before its first checkpoint
@@ -77,6 +78,8 @@ def test_study_reruns_skip_finished_resume_and_redo_interrupted(tmp_path):
     for path, stamp in stamps.items():
         if redone not in path.parents:
             assert path.stat().st_mtime_ns == stamp  # finished (or fully checkpointed) runs were not retrained
+    assert len(records) == 12 and all(path.read_bytes() == text for path, text in records.items())
+    assert len(list(sweep_dir.glob("*/seed*/.hydra/rerun/overrides.yaml"))) == 4  # the rerun's own record
 
 
 @pytest.mark.slow  # three processes training 125 tiny iterations: ~45 s on 2 quiet cores, the default suite's budget

@@ -222,11 +222,20 @@ def _env_preset(*, _root_) -> str:
     return HydraConfig.get().runtime.choices.env
 
 
+def _hydra_subdir(*, _root_) -> str:
+    # Hydra writes a job's config files before the job runs: a rerun of a run folder (a resumed or skipped run of a
+    # study) writes them one level down, so the first job's record is never overwritten
+    return ".hydra/rerun" if (Path(_root_.hydra.runtime.output_dir) / ".hydra").is_dir() else ".hydra"
+
+
 def register_resolvers() -> None:
     """Registers ``${sapg_env_preset:}``, the chosen env preset's name, for the recipes' configs (the study's
-    default name). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
+    default name), and ``${sapg_hydra_subdir:}``, where a study job writes Hydra's config files (``.hydra``, or
+    ``.hydra/rerun`` when the run folder already has them). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
     folder of a multirun."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("sapg_env_preset"):
         OmegaConf.register_new_resolver("sapg_env_preset", _env_preset)
+    if not OmegaConf.has_resolver("sapg_hydra_subdir"):
+        OmegaConf.register_new_resolver("sapg_hydra_subdir", _hydra_subdir)
