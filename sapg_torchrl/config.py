@@ -206,19 +206,19 @@ NOT_THE_EXPERIMENT = ("train", "logger", "total_frames", "device", "resume")
 """Top-level config keys a resumed (or re-run) run may change: how it runs and logs, where, and for how long."""
 
 
+def flat_settings(node: dict, prefix: str = "") -> dict:
+    """A nested config (plain dicts) as ``{"dotted.key": value}``, lists kept whole."""
+    out = {}
+    for key, value in node.items():
+        out.update(flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def experiment_changes(saved: dict, new: dict) -> list[str]:
     """The settings (``key: saved -> new``) in which two resolved configs are different experiments, i.e.
     differ outside :data:`NOT_THE_EXPERIMENT`."""
-
-    def flat(node, prefix=""):
-        out = {}
-        for key, value in node.items():
-            if not prefix and key in NOT_THE_EXPERIMENT:
-                continue
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    a, b = flat(saved), flat(new)
+    a, b = ({k: v for k, v in flat_settings(node).items() if k.split(".")[0] not in NOT_THE_EXPERIMENT}
+            for node in (saved, new))  # fmt: skip
     return [f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}" for key in sorted(a.keys() | b.keys())
             if a.get(key) != b.get(key)]  # fmt: skip
 

@@ -104,13 +104,6 @@ def _message(err: Exception, root) -> str:
     return f"{key}={value!r}{where_from} is not accepted: {accepted(key, root)}"
 
 
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def _overridden_ablation_setting(cfg, ablation: str, variant: list[str], search: list[str]) -> str | None:
     """The message for a command-line setting that changes what ``ablation`` sets, else ``None``.
 
@@ -123,9 +116,11 @@ def _overridden_ablation_setting(cfg, ablation: str, variant: list[str], search:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
+    from sapg_torchrl.config import flat_settings
+
     # the ablation's file alone, with its own defaults, wherever on the search path (--config-dir) it is
     ConfigStore.instance().store(name=_ABLATION_ONLY, node={"defaults": [{"ablation": "sapg"}, "_self_"]})
-    sets = _flat(OmegaConf.to_container(compose(_ABLATION_ONLY, overrides=[*search, f"ablation={ablation}"])))
+    sets = flat_settings(OmegaConf.to_container(compose(_ABLATION_ONLY, overrides=[*search, f"ablation={ablation}"])))
     choices = cfg.hydra.runtime.choices
     for override in variant:
         key = override.lstrip("+~").partition("=")[0]
