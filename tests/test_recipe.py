@@ -131,6 +131,7 @@ def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, 
         (["env.num_envs=384,100"], ["num_envs=100 is not divisible by num_blocks=6", "96 or 102"]),
         (["--config-name", "nope"], ["unknown config 'nope' (--config-name)", "scaling", "study"]),
         (["--config-name=scaling", "ablation=sapg,nope"], ["unknown ablation 'nope'"]),
+        (["--config-name=study", "hydra/launcher=nope"], ["unknown hydra/launcher 'nope'", "basic", "slurm"]),
         # a setting that undoes what the ablation is: the run would carry its name without being it
         (["ablation=no_split", "sapg.num_blocks=6"],
          ["sapg.num_blocks=6 changes what ablation=no_split sets", "sapg.num_blocks: 1", "--config-dir"]),
@@ -165,6 +166,30 @@ def test_bad_values_are_refused_in_one_line(argv, must_contain, capsys):
 )
 def test_good_command_lines_pass(argv, config):
     check_command_line(argv, config)
+
+
+def test_a_missing_launcher_plugin_names_the_extra_to_install():
+    """Without the [study] extra Hydra cannot find the launcher our presets build on; the line says what to install
+    (and that hydra/launcher=basic needs nothing), not that the choice is unknown."""
+    from hydra.errors import MissingConfigException
+
+    from sapg_torchrl.cli.checks import _message
+    from sapg_torchrl.schema import SCHEMAS
+
+    missing = MissingConfigException("In 'hydra/launcher/local': ...", "hydra/launcher/joblib")
+    line = _message(missing, SCHEMAS["study"])
+    assert "hydra/launcher 'joblib'" in line and "sapg-torchrl[study]" in line and "hydra/launcher=basic" in line
+
+
+def test_a_job_needing_an_extra_names_it(capsys):
+    from sapg_torchrl.cli.checks import require_extra
+
+    require_extra("study", ("json",), "sapg-report")  # installed: nothing happens
+    with pytest.raises(SystemExit) as exit_info:
+        require_extra("study", ("json", "no_such_module_here"), "sapg-report")
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "sapg-report needs the [study] extra (no_such_module_here not installed)" in line, line
 
 
 def test_own_config_folder_adds_an_ablation(tmp_path, capsys):

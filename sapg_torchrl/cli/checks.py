@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import sys
 from collections.abc import Sequence
@@ -10,17 +11,31 @@ from pathlib import Path
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["check_command_line", "exit_on_config_error", "register_resolvers"]
+__all__ = ["check_command_line", "exit_on_config_error", "register_resolvers", "require_extra"]
 
 # Hydra flags that print something instead of running (nothing to check), and flags that take a value
 _INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc")
 _ABLATION_ONLY = "_sapg_ablation_only"  # an in-memory config of the ablation group alone
+# the Hydra launcher plugins' configs that the [study] extra installs
+_STUDY_EXTRA_LAUNCHERS = ("joblib", "submitit_local", "submitit_slurm")
 _VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p", "--package")
 
 
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def install_extra(extra: str) -> str:
+    """How to install one of the package's extras (``pyproject.toml``), for an error message."""
+    return f"pip install 'sapg-torchrl[{extra}]' (pip install -e '.[{extra}]' in a checkout)"
+
+
+def require_extra(extra: str, modules: Sequence[str], job: str) -> None:
+    """Exits with status 2 and one line naming the extra to install if one of ``modules`` cannot be imported."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        _fail(f"{job} needs the [{extra}] extra ({', '.join(missing)} not installed): {install_extra(extra)}")
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
@@ -39,9 +54,9 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], str | None]:
                 args.pop(0)  # its value
         elif arg.startswith("-"):
             continue  # -m, --multirun, ...
-        elif arg.lstrip("+~").startswith("hydra") and not arg.startswith("hydra.searchpath"):
-            continue  # Hydra's own settings (launcher, folders): Hydra checks them
-        else:
+        elif arg.lstrip("+~").startswith("hydra.") and not arg.startswith("hydra.searchpath"):
+            continue  # Hydra's own settings (launcher options, folders): Hydra checks them
+        else:  # a task setting, or a choice of Hydra's groups (hydra/launcher=slurm), which decides what loads
             overrides.append(arg)
     return overrides, config_dirs, config_name
 
@@ -80,6 +95,9 @@ def _message(err: Exception, root) -> str:
 
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")
+        if group == "hydra/launcher" and choice in _STUDY_EXTRA_LAUNCHERS:  # our presets build on them
+            return (f"{group} {choice!r} comes from a Hydra plugin that is not installed: {install_extra('study')}, "
+                    "or run one run at a time with hydra/launcher=basic")
         return f"unknown {group} {choice!r}; accepted: {', '.join(sorted(err.options or []))}"
     text = str(err)
     cause = err
@@ -94,7 +112,7 @@ def _message(err: Exception, root) -> str:
         return text.strip().splitlines()[0]
     origin = re.match(r"In '([^']+)'", text)
     where_from = f" (in {origin.group(1)}.yaml)" if origin else ""
-    parent, _, leaf = key.rpartition(".")
+    parent = key.rpartition(".")[0]
     if unknown or accepted(key, root) is None:
         if origin and key == origin.group(1).split("/")[0]:
             return f"{origin.group(1)}.yaml sets its keys under '{key}': a group file starts with '# @package _global_'"

@@ -23,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from sapg_torchrl.cli.checks import require_extra
 
 
 def _invocation() -> str:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max-states", type=int, default=None,
                         help="cap on the states per variant for the diversity measures (default: all)")
     args = parser.parse_args(argv)
+    require_extra("study", ("pandas", "rliable", "matplotlib"), "sapg-report")
 
     from sapg_torchrl.study import (
         aggregate_tasks,
