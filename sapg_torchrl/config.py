@@ -1,5 +1,6 @@
 """Builds a :class:`~sapg_torchrl.trainer.SAPGTrainer` from the recipes' Hydra config (schema:
-:mod:`sapg_torchrl.schema`)."""
+:mod:`sapg_torchrl.schema`) and runs it in a run folder (:func:`train`; what the folder holds and what a rerun
+does with it: :mod:`sapg_torchrl.run_folder`)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torchrl.modules.value_norm import RunningValueNorm
 from torchrl.objectives import ValueEstimators
 
 from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
-from sapg_torchrl.checkpoint import load_newest_checkpoint
 from sapg_torchrl.distributed import SINGLE, Ranks, from_environment, split_envs
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
@@ -29,10 +28,11 @@ from sapg_torchrl.evaluator import BackgroundEvaluator
 from sapg_torchrl.logging import CSVSink, WandbSink, aside
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
-from sapg_torchrl.schema import SAPGConfig, StudyConfig, accepted, validate
+from sapg_torchrl.run_folder import RESULT_FILE, RunStart, prepare_run_dir
+from sapg_torchrl.schema import validate
 from sapg_torchrl.trainer import SAPGTrainer
 
-__all__ = ["Agent", "build_agent", "build_trainer", "experiment_changes", "prepare_run_dir", "resume_config", "train"]
+__all__ = ["Agent", "build_agent", "build_trainer", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -200,122 +200,6 @@ def build_trainer(
     )  # fmt: skip
 
 
-RESULT_FILE = "result.json"
-RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", "states.pt", RESULT_FILE)
-NOT_THE_EXPERIMENT = ("train", "logger", "total_frames", "device", "resume")
-"""Top-level config keys a resumed (or re-run) run may change: how it runs and logs, where, and for how long."""
-
-
-def flat_settings(node: dict, prefix: str = "") -> dict:
-    """A nested config (plain dicts) as ``{"dotted.key": value}``, lists kept whole."""
-    out = {}
-    for key, value in node.items():
-        out.update(flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
-def experiment_changes(saved: dict, new: dict) -> list[str]:
-    """The settings (``key: saved -> new``) in which two resolved configs are different experiments, i.e.
-    differ outside :data:`NOT_THE_EXPERIMENT`."""
-    a, b = ({k: v for k, v in flat_settings(node).items() if k.split(".")[0] not in NOT_THE_EXPERIMENT}
-            for node in (saved, new))  # fmt: skip
-    return [f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}" for key in sorted(a.keys() | b.keys())
-            if a.get(key) != b.get(key)]  # fmt: skip
-
-
-def resume_config(folder: str | Path, overrides: list[str]) -> DictConfig:
-    """The config of the run in ``folder`` (its ``config.yaml``) with the command line's ``overrides`` that do
-    not change the experiment (``total_frames``, ``device``, ``train.*``, ``logger.*``; ``hydra.*`` and
-    ``resume`` are ignored). Any other override, a missing folder or a folder with no run: :class:`ConfigError`.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"resume={folder}: no such run folder")
-    if not (folder / "config.yaml").exists():
-        raise ConfigError(f"resume={folder}: not a run folder (no config.yaml)")
-    allowed, refused = [], []
-    for override in overrides:
-        key = override.lstrip("+~").partition("=")[0]
-        head = key.split(".")[0]
-        if head in ("hydra", "resume"):
-            continue
-        (allowed if head in NOT_THE_EXPERIMENT else refused).append(override)
-    if refused:
-        raise ConfigError(
-            f"resume={folder}: {', '.join(refused)} would change the experiment; a resumed run keeps its own "
-            f"config (these may change: total_frames, device, train.*, logger.*)"
-        )
-    saved = OmegaConf.load(folder / "config.yaml")
-    schema = OmegaConf.structured(StudyConfig if "study" in saved else SAPGConfig)
-    try:
-        cfg = OmegaConf.merge(schema, saved, OmegaConf.from_dotlist(allowed))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"resume={folder}: {err.full_key}={err.value!r} is not accepted: {accepted(err.full_key)}") from None
-    validate(cfg)
-    return cfg
-
-
-@dataclass
-class RunStart:
-    """What :func:`prepare_run_dir` found: a finished run's result, a checkpoint to resume from, or neither
-    (a new run)."""
-
-    result: dict | None = None
-    checkpoint: tuple[Path, dict] | None = None
-
-
-def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool = False) -> RunStart:
-    """Makes ``run_dir`` ready for the run of the resolved ``config``.
-
-    - the folder holds a run of another experiment (see :func:`experiment_changes`): :class:`ConfigError`
-      naming the differences, nothing is touched;
-    - finished (``result.json``), same experiment, ``total_frames`` not raised: its result, nothing to do;
-    - finished and ``total_frames`` raised: the run is extended from its newest checkpoint (``result.json``
-      moved to ``result.iter_XXXXXX.json``);
-    - unfinished (``metrics.csv`` but no ``result.json``) with a checkpoint that loads: resumed from it (a
-      corrupt newest checkpoint is reported and the previous one used);
-    - unfinished without a checkpoint: its files are moved, not deleted, to ``run_dir/interrupted-<n>/`` and
-      the run starts again (with ``resume=True``: :class:`ConfigError` instead).
-    """
-    saved = None
-    if (run_dir / "config.yaml").exists():
-        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-        changes = experiment_changes(saved, config)
-        if changes:
-            raise ConfigError(
-                f"run folder {run_dir} holds a run of another experiment ({'; '.join(changes)}): pass a new "
-                "hydra.run.dir (or hydra.sweep.dir)" + (", or resume without these overrides" if resume else "")
-            )
-    if (run_dir / RESULT_FILE).exists():
-        result = json.loads((run_dir / RESULT_FILE).read_text())
-        if result.get("diverged") or float(config["total_frames"]) <= float(saved["total_frames"]):
-            return RunStart(result=result)
-        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
-        if checkpoint is None:
-            raise ConfigError(f"run folder {run_dir} has no readable checkpoint: it cannot be extended")
-        (run_dir / RESULT_FILE).rename(aside(run_dir / RESULT_FILE, f"iter_{checkpoint[1]['iteration']:06d}"))
-        return RunStart(checkpoint=checkpoint)
-    if (run_dir / "metrics.csv").exists():
-        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
-        if checkpoint is not None:
-            return RunStart(checkpoint=checkpoint)
-        if resume:
-            raise ConfigError(f"resume={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
-        n = 0
-        while (run_dir / f"interrupted-{n}").exists():
-            n += 1
-        moved = run_dir / f"interrupted-{n}"
-        moved.mkdir()
-        for name in RUN_FILES:
-            if (run_dir / name).exists():
-                (run_dir / name).rename(moved / name)
-        log.warning("%s held an unfinished run without a checkpoint: moved its files to %s and starting again",
-                    run_dir, moved)  # fmt: skip
-    elif resume:
-        raise ConfigError(f"resume={run_dir}: the folder holds no run (no metrics.csv)")
-    return RunStart()
-
-
 def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: bool = False) -> dict[str, float]:
     """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs, checkpoints, ``result.json``.
 
@@ -325,7 +209,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
 
     Running the same experiment in the same folder again skips a finished run, extends it if
     ``total_frames`` was raised, and resumes an interrupted one from its newest checkpoint (see
-    :func:`prepare_run_dir`): ``metrics.csv`` continues after the checkpoint's iteration (later rows are moved
+    :func:`~sapg_torchrl.run_folder.prepare_run_dir`): ``metrics.csv`` continues after the checkpoint's iteration (later rows are moved
     to a side file), wandb continues the same run id. This is what ``resume=<run folder>`` does, and what makes
     a study sweep resumable. ``resume=True`` requires a run to resume.
 
@@ -380,7 +264,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
 
 
 def _start_run(run_dir: Path, config: dict, resume: bool, ranks: Ranks) -> tuple[Path, RunStart]:
-    """Rank 0 prepares the run folder (:func:`prepare_run_dir`); the other ranks of a data-parallel run get its
+    """Rank 0 prepares the run folder (:func:`~sapg_torchrl.run_folder.prepare_run_dir`); the other ranks of a data-parallel run get its
     folder and decision (its error, if any), then read the same checkpoint."""
     error = decision = None
     if ranks.is_main:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_OVERRIDES
+
 from sapg_torchrl import ConfigError
 from sapg_torchrl.checkpoint import checkpoint_paths, load_newest_checkpoint, save_checkpoint
 from sapg_torchrl.config import train
@@ -204,7 +204,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_non_zero(tmp_path):
     ],
 )
 def test_bad_resume_inputs_are_refused(tiny_cfg, tmp_path, case, message):
-    from sapg_torchrl.config import resume_config
+    from sapg_torchrl.run_folder import resume_config
 
     run_dir = tmp_path / "run"
     overrides = {"experiment": ["env.num_envs=24", "ablation=disjoint"], "lower_budget": ["total_frames=96"]}

@@ -134,7 +134,7 @@ def _overridden_ablation_setting(cfg, ablation: str, variant: list[str], search:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from sapg_torchrl.config import flat_settings
+    from sapg_torchrl.run_folder import flat_settings
 
     # the ablation's file alone, with its own defaults, wherever on the search path (--config-dir) it is
     ConfigStore.instance().store(name=_ABLATION_ONLY, node={"defaults": [{"ablation": "sapg"}, "_self_"]})

@@ -30,8 +30,9 @@ from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
 def run(cfg: DictConfig) -> dict:
     """The job: one training run in Hydra's output folder (also the study's job, see :mod:`sapg_torchrl.cli.study`),
     or, with ``resume=<run folder>``, the continuation of that run in its own folder."""
-    from sapg_torchrl.config import resume_config, train
+    from sapg_torchrl.config import train
     from sapg_torchrl.errors import Preempted
+    from sapg_torchrl.run_folder import resume_config
 
     hydra_cfg = HydraConfig.get()
     runtime, choices = hydra_cfg.runtime, hydra_cfg.runtime.choices
