@@ -4,6 +4,7 @@ does with it: :mod:`sapg_torchrl.run_folder`)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -28,7 +29,7 @@ from sapg_torchrl.evaluator import BackgroundEvaluator
 from sapg_torchrl.logging import CSVSink, WandbSink, aside
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.metrics.diversity import StateReservoir, pairwise_block_kl, per_block_entropy
-from sapg_torchrl.run_folder import RESULT_FILE, RunStart, prepare_run_dir
+from sapg_torchrl.run_folder import RESULT_FILE, RunStart, hold_run_folder, prepare_run_dir
 from sapg_torchrl.schema import validate
 from sapg_torchrl.trainer import SAPGTrainer
 
@@ -221,10 +222,16 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
     validate(cfg)
     ranks = from_environment(cfg.train.distributed_backend, device_of(cfg.device).type)
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir, start = _start_run(Path(run_dir), config, resume, ranks)
-    if start.result is not None:
-        log.info("%s already finished: skipped", run_dir)
-        return start.result
+    with contextlib.ExitStack() as held:  # the run folder, for this process alone until the run ends
+        run_dir, start = _start_run(Path(run_dir), config, resume, ranks, held)
+        if start.result is not None:
+            log.info("%s already finished: skipped", run_dir)
+            return start.result
+        return _run(cfg, config, run_dir, name, start, ranks)
+
+
+def _run(cfg: DictConfig, config: dict, run_dir: Path, name: str, start: RunStart, ranks: Ranks) -> dict[str, float]:
+    """Trains the run :func:`_start_run` prepared (new or resumed) and writes its ``result.json``."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     sinks, wandb = _open_sinks(cfg, config, run_dir, name, start) if ranks.is_main else ([], None)
@@ -263,13 +270,17 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
     return result
 
 
-def _start_run(run_dir: Path, config: dict, resume: bool, ranks: Ranks) -> tuple[Path, RunStart]:
-    """Rank 0 prepares the run folder (:func:`~sapg_torchrl.run_folder.prepare_run_dir`); the other ranks of a data-parallel run get its
-    folder and decision (its error, if any), then read the same checkpoint."""
+def _start_run(
+    run_dir: Path, config: dict, resume: bool, ranks: Ranks, held: contextlib.ExitStack
+) -> tuple[Path, RunStart]:
+    """Rank 0 takes the run folder (:func:`~sapg_torchrl.run_folder.hold_run_folder`, released when ``held``
+    closes) and prepares it (:func:`~sapg_torchrl.run_folder.prepare_run_dir`); the other ranks of a
+    data-parallel run get its folder and decision (its error, if any), then read the same checkpoint."""
     error = decision = None
     if ranks.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(hold_run_folder(run_dir))
             start = prepare_run_dir(run_dir, config, resume=resume)
             decision = (str(run_dir), start.result, None if start.checkpoint is None else str(start.checkpoint[0]))
         except ConfigError as err:

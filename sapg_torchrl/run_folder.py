@@ -4,8 +4,13 @@ unfinished one aside and start again). :func:`sapg_torchrl.config.train` calls :
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +22,15 @@ from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.logging import aside
 from sapg_torchrl.schema import SAPGConfig, StudyConfig, accepted, validate
 
-__all__ = ["NOT_THE_EXPERIMENT", "RunStart", "experiment_changes", "flat_settings", "prepare_run_dir", "resume_config"]
+__all__ = [
+    "NOT_THE_EXPERIMENT", "RunStart", "experiment_changes", "flat_settings", "hold_run_folder", "prepare_run_dir",
+    "resume_config",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+LOCK_FILE = "run.lock"
 RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "wandb", "states.pt", RESULT_FILE)
 NOT_THE_EXPERIMENT = ("train", "logger", "total_frames", "device", "resume")
 """Top-level config keys a resumed (or re-run) run may change: how it runs and logs, where, and for how long."""
@@ -135,3 +144,42 @@ def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool = False) -> Run
     elif resume:
         raise ConfigError(f"resume={run_dir}: the folder holds no run (no metrics.csv)")
     return RunStart()
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[None]:
+    """Held by the process that runs the run in ``run_dir``, from before :func:`prepare_run_dir` to its end.
+
+    A second process on the same folder gets :class:`ConfigError` naming the holder instead of writing the
+    same ``metrics.csv`` and checkpoints: a study started twice, a study restarted while a worker of the
+    stopped one still runs (a signal to the study's main process alone leaves its joblib workers running),
+    or a requeued cluster job whose predecessor has not ended. The lock is the OS's (``flock`` on
+    ``run.lock``, which names the holder and is removed at the end): it ends with the process however that
+    ends, so it is never stale; on a shared filesystem it holds across machines where the filesystem
+    supports ``flock`` (NFS does, through its byte-range locks).
+    """
+    path = run_dir / LOCK_FILE
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"run folder {run_dir} is being run by {holder}: two processes would write the same run; stop that "
+                "one (a joblib study: its whole process group) or wait for it, then run this again to resume"
+            ) from None
+        if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed the file between our open and our lock: take the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock ends, so that no one locks a file about to go
+        handle.close()

@@ -91,6 +91,11 @@ def test_finished_run_with_other_config_is_refused(repo_root, tmp_path, tiny_cfg
     result = run_recipe(repo_root, *tiny_overrides, "seed=7", f"hydra.run.dir={run_dir}")
     assert_one_line_error(result, str(run_dir), "hydra.run.dir")
     assert {p: p.read_bytes() for p in files} == files
+    hydra_record = (run_dir / ".hydra" / "overrides.yaml").read_text()  # the first command line's record
+    result = run_recipe(repo_root, *tiny_overrides, "seed=8", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(result, str(run_dir), "hydra.run.dir")
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == hydra_record  # kept; the rerun's goes one down
+    assert "seed=8" in (run_dir / ".hydra" / "rerun" / "overrides.yaml").read_text()
 
 
 def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, tiny_cfg):

@@ -114,6 +114,18 @@ def test_synthetic_numbers_match_hand_computations(synthetic):
     assert s.diversity["sapg"]["states"] == 200 and s.bottlenecks == (1, 2)
 
 
+def test_a_run_written_by_two_processes_is_skipped_naming_the_row(tmp_path):
+    """Rows of two writers interleave (frames go back): the run is skipped with a warning, not read as a curve."""
+    _write_run(tmp_path / "sapg" / "seed0", "sapg", 0, _curve("sapg", 0))
+    _write_run(tmp_path / "sapg" / "seed1", "sapg", 1, _curve("sapg", 1))
+    metrics = tmp_path / "sapg" / "seed1" / "metrics.csv"
+    header, *rows = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([header, *rows[:5], rows[3], *rows[5:]]) + "\n")  # row of frames 300 again
+    with pytest.warns(UserWarning, match=r"sapg/seed1 unreadable .*frames do not increase \(row 6: 300 after 400\)"):
+        study = load_study(tmp_path)
+    assert [run.seed for run in study.runs["sapg"]] == [0]
+
+
 def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
     with pytest.warns(UserWarning):
         study = load_study(synthetic)

@@ -159,6 +159,33 @@ def check_complete(run_dir, iterations=200):
     assert result["frames"] == iterations * 48
     for name in ("config.yaml", "metrics.csv", "result.json", ".hydra"):
         assert (run_dir / name).exists(), name
+    assert not (run_dir / "run.lock").exists()  # removed by the process that held the folder
+
+
+def test_a_folder_another_process_runs_is_refused(tmp_path):
+    """Two processes on one run folder interleave their rows in metrics.csv (it happened: a study restarted while
+    a worker of the stopped one still ran). The second is refused in one line naming the first and writes none of
+    the run's files; once the first has died, even by SIGKILL, the folder is free."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    hold = (
+        "import sys; from pathlib import Path; from sapg_torchrl.run_folder import hold_run_folder\n"
+        f"with hold_run_folder(Path({str(run_dir)!r})):\n    print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    refused = recipe(*TINY_OVERRIDES, f"hydra.run.dir={run_dir}")
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2
+    (line,) = err.strip().splitlines()
+    assert f"run folder {run_dir} is being run by process {holder.pid} on " in line, line
+    assert not {"config.yaml", "metrics.csv", "checkpoints"} & {p.name for p in run_dir.iterdir()}  # nothing of ours
+    holder.kill()
+    holder.communicate()
+    done = recipe(*TINY_OVERRIDES, f"hydra.run.dir={run_dir}")
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-3000:]
+    assert (run_dir / "result.json").exists() and not (run_dir / "run.lock").exists()
 
 
 def test_kill_9_then_resume(tmp_path):

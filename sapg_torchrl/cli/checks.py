@@ -237,13 +237,14 @@ def _env_preset(*, _root_) -> str:
 
 def _hydra_subdir(*, _root_) -> str:
     # Hydra writes a job's config files before the job runs: a rerun of a run folder (a resumed or skipped run of a
-    # study) writes them one level down, so the first job's record is never overwritten
+    # study, a run refused because the folder holds another experiment or another process runs it) writes them one
+    # level down, so the first job's record is never overwritten
     return ".hydra/rerun" if (Path(_root_.hydra.runtime.output_dir) / ".hydra").is_dir() else ".hydra"
 
 
 def register_resolvers() -> None:
     """Registers ``${sapg_env_preset:}``, the chosen env preset's name, for the recipes' configs (the study's
-    default name), and ``${sapg_hydra_subdir:}``, where a study job writes Hydra's config files (``.hydra``, or
+    default name), and ``${sapg_hydra_subdir:}``, where a job writes Hydra's config files (``.hydra``, or
     ``.hydra/rerun`` when the run folder already has them). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
     folder of a multirun."""
     from omegaconf import OmegaConf

@@ -200,6 +200,10 @@ def _load_run(run_dir: Path) -> Run:
     if len(metrics) == 0:
         raise ValueError("metrics.csv has no rows")
     frames = pd.to_numeric(metrics["frames"], errors="coerce").to_numpy(np.float64)
+    if (back := np.flatnonzero(np.diff(frames) <= 0)).size:
+        row = int(back[0]) + 1
+        raise ValueError(f"metrics.csv's frames do not increase (row {row + 1}: {frames[row]:g} after "
+                         f"{frames[row - 1]:g}): two processes wrote it?")  # fmt: skip
     leader = pd.to_numeric(metrics["return/leader"], errors="coerce").to_numpy(np.float64)
     result = json.loads((run_dir / "result.json").read_text())
     choices, overrides = {}, []
