@@ -1,6 +1,7 @@
 """A run's folder: what a run writes there, whether a new command is the same experiment as the run it holds, and
 what running again does with it (skip a finished run, resume or extend it from a checkpoint, or set an
-unfinished one aside and start again). :func:`sapg_torchrl.config.train` calls :func:`prepare_run_dir` first."""
+unfinished one aside and start again), and which process may write it. :func:`sapg_torchrl.config.train` takes
+the folder (:func:`hold_run_folder`), then calls :func:`prepare_run_dir`."""
 
 from __future__ import annotations
 
