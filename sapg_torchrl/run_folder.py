@@ -157,7 +157,8 @@ def hold_run_folder(run_dir: Path) -> Iterator[None]:
     or a requeued cluster job whose predecessor has not ended. The lock is the OS's (``flock`` on
     ``run.lock``, which names the holder and is removed at the end): it ends with the process however that
     ends, so it is never stale; on a shared filesystem it holds across machines where the filesystem
-    supports ``flock`` (NFS does, through its byte-range locks).
+    supports ``flock`` (NFS does, through its byte-range locks). Written here rather than with ``filelock``
+    (installed with torch) so that the refusal names the holder, which ``filelock`` does not record.
     """
     path = run_dir / LOCK_FILE
     while True:
