@@ -321,8 +321,32 @@ def test_report_across_two_tasks(synthetic, tmp_path):
     rows = _table_rows(text.split("| variant |", 1)[1].join(["## x\n| variant |", ""]), "## x")
     assert rows["sapg"][:2] == ["5", "1 [1, 1]"]  # at the best score in both tasks
     assert rows["symmetric"][1:] == ["0 [0, 0]", "1 [1, 1]"]  # at the floor in both tasks
+    assert rows["tuned PPO (toy: no_split, toy_b: no_split)"] == rows["no_split"]  # the only PPO point of the grid
     assert (tmp_path / "out" / "across_tasks.png").stat().st_size > 1000
     alone = subprocess.run([sys.executable, str(REPO / "recipes" / "report.py"), str(synthetic), str(second)],
                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert alone.returncode == 2 and alone.stderr.strip().endswith("several study folders need --out "
                                                                     "(where the per-task and cross-task reports go)")
+
+
+def test_the_tuned_ppo_row_across_tasks_takes_each_tasks_own_best_grid_point():
+    """Across tasks the tuned PPO baseline is each task's own tuned variant (not one grid point for all), and
+    there is no such row where a task has no PPO variant."""
+    from types import SimpleNamespace as S
+
+    from sapg_torchrl.study import aggregate_tasks
+    from sapg_torchrl.study.tasks import TUNED_PPO
+
+    def task(finals: dict, tuned):  # floor 0, best IQM 10, seeds 0..2
+        runs = {v: [S(seed=k) for k in range(3)] for v in finals}
+        per_run = {v: {"final": np.array(f, dtype=float)} for v, f in finals.items()}
+        return S(runs=runs, floor=0.0), S(per_run=per_run, high=10.0, tuned_ppo=tuned)
+
+    a = task({"sapg": [10] * 3, "no_split": [5] * 3, "ppo_entropy": [1] * 3}, "no_split")
+    b = task({"sapg": [10] * 3, "no_split": [2] * 3, "ppo_entropy": [8] * 3}, "ppo_entropy")
+    cross = aggregate_tasks({"a": a, "b": b}, reps=50)
+    assert cross.tuned_ppo == {"a": "no_split", "b": "ppo_entropy"}
+    assert cross.scores[TUNED_PPO].tolist() == [[0.5, 0.8]] * 3
+    assert cross.poi[TUNED_PPO][0] == 1.0
+    no_ppo = task({"sapg": [10] * 3}, None)
+    assert TUNED_PPO not in aggregate_tasks({"a": a, "c": no_ppo}, reps=50).scores

@@ -7,6 +7,10 @@ best variant's IQM final score on the task (:attr:`Summary.high`). Then, per var
 improvement of ``sapg`` over the variant averaged over tasks, both with 95% stratified-bootstrap intervals
 (runs resampled within each task). A variant needs the same number of runs in every task: the seeds it has in
 all of them are used.
+
+The tuned PPO baseline is the best point of each task's PPO entropy grid (:attr:`Summary.tuned_ppo`), which need
+not be the same grid point on every task; it gets its own row, :data:`TUNED_PPO`, made of each task's tuned
+variant, so that ``sapg`` is compared across tasks with the PPO a researcher would have tuned on each.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from sapg_torchrl.metrics import iqm_with_ci, probability_of_improvement
 from sapg_torchrl.study.runs import REFERENCE, Study
 from sapg_torchrl.study.summary import Interval, Summary
 
-__all__ = ["CrossTask", "aggregate_tasks", "write_cross_task_report"]
+__all__ = ["TUNED_PPO", "CrossTask", "aggregate_tasks", "write_cross_task_report"]
+
+TUNED_PPO = "tuned_ppo"
+"""The cross-task row of the tuned PPO baseline: each task's own best point of the PPO entropy grid."""
 
 
 @dataclass
@@ -36,6 +43,8 @@ class CrossTask:
         iqm (dict): variant -> ``(iqm, low, high)`` over all runs and tasks.
         poi (dict): variant -> ``P(sapg > variant)`` averaged over tasks, ``(p, low, high)``.
         notes (list of str): variants left out, and why.
+        tuned_ppo (dict): task -> the variant that is its tuned PPO baseline, the :data:`TUNED_PPO` row (empty
+            where a task has no PPO variant).
     """
 
     tasks: list[str]
@@ -45,6 +54,7 @@ class CrossTask:
     iqm: dict[str, Interval]
     poi: dict[str, Interval]
     notes: list[str] = field(default_factory=list)
+    tuned_ppo: dict[str, str] = field(default_factory=dict)
 
 
 def aggregate_tasks(tasks: dict[str, tuple[Study, Summary]], *, reps: int = 2000, seed: int = 0) -> CrossTask:
@@ -57,12 +67,14 @@ def aggregate_tasks(tasks: dict[str, tuple[Study, Summary]], *, reps: int = 2000
         >>> def task(sapg, ppo):  # a stand-in for a study and its summary: seeds 0..2, floor 0, best IQM 10
         ...     runs = {v: [S(seed=k) for k in range(3)] for v in ("sapg", "no_split")}
         ...     per_run = {"sapg": {"final": np.array(sapg)}, "no_split": {"final": np.array(ppo)}}
-        ...     return S(runs=runs, floor=0.0), S(per_run=per_run, high=10.0)
+        ...     return S(runs=runs, floor=0.0), S(per_run=per_run, high=10.0, tuned_ppo="no_split")
         >>> out = aggregate_tasks({"a": task([10, 10, 10], [0, 5, 10]), "b": task([8, 10, 10], [0, 0, 5])}, reps=100)
         >>> out.scores["no_split"].tolist()
         [[0.0, 0.0], [0.5, 0.0], [1.0, 0.5]]
         >>> round(out.poi["no_split"][0], 4)  # task a: 7.5 of 9 pairs (a tie counts 1/2), task b: 9 of 9
         0.9167
+        >>> out.tuned_ppo, out.scores["tuned_ppo"].tolist()  # the only PPO point here, no_split, in both tasks
+        ({'a': 'no_split', 'b': 'no_split'}, [[0.0, 0.0], [0.5, 0.0], [1.0, 0.5]])
     """
     names = list(tasks)
     ranges = {name: (float(study.floor), float(summary.high)) for name, (study, summary) in tasks.items()}
@@ -74,25 +86,35 @@ def aggregate_tasks(tasks: dict[str, tuple[Study, Summary]], *, reps: int = 2000
     bad = [name for name, (low, high) in ranges.items() if not high > low]
     if bad:
         raise ValueError(f"no normalisation range (best IQM not above the floor) for: {', '.join(bad)}")
+    tuned = {name: summary.tuned_ppo for name, (_, summary) in tasks.items()}
+    if not all(tuned.values()):
+        tuned = {}
+    rows = {variant: dict.fromkeys(names, variant) for variant in common} | ({TUNED_PPO: tuned} if tuned else {})
     scores, seeds = {}, {}
-    for variant in common:
-        shared = sorted(set.intersection(*({r.seed for r in study.runs[variant]} for study, _ in tasks.values())))
+    for row, variant_of in rows.items():
+        shared = sorted(set.intersection(*({r.seed for r in study.runs[variant_of[name]]}
+                                           for name, (study, _) in tasks.items())))  # fmt: skip
         columns = []
         for name, (study, summary) in tasks.items():
+            variant = variant_of[name]
             by_seed = dict(zip((r.seed for r in study.runs[variant]), summary.per_run[variant]["final"], strict=True))
             low, high = ranges[name]
             columns.append([(by_seed[k] - low) / (high - low) for k in shared])
         matrix = np.array(columns, dtype=np.float64).T.reshape(len(shared), len(names))
         if not shared or not np.isfinite(matrix).all():
-            notes.append(f"{variant}: no seed with a finite final score in every task, left out")
+            notes.append(f"{row}: no seed with a finite final score in every task, left out")
             continue
-        scores[variant], seeds[variant] = matrix, shared
+        scores[row], seeds[row] = matrix, shared
     iqm = iqm_with_ci(scores, reps=reps, seed=seed)
     poi = {}
     if REFERENCE in scores:
         poi = {v: probability_of_improvement(scores[REFERENCE], s, reps=reps, seed=seed)
                for v, s in scores.items() if v != REFERENCE}  # fmt: skip
-    return CrossTask(names, ranges, scores, seeds, iqm, poi, notes)
+    return CrossTask(names, ranges, scores, seeds, iqm, poi, notes, tuned)
+
+
+def _tuned_label(cross: CrossTask) -> str:
+    return f"tuned PPO ({', '.join(f'{task}: {variant}' for task, variant in cross.tuned_ppo.items())})"
 
 
 def _ci(interval: Interval) -> str:
@@ -115,7 +137,7 @@ def write_cross_task_report(cross: CrossTask, out_dir: str | Path, command: str)
         point, low, high = cross.iqm[variant]
         ax.plot([low, high], [y, y], lw=6, alpha=0.5, solid_capstyle="butt")
         ax.plot([point], [y], marker="|", ms=16, mew=2.5, color="black")
-    ax.set_yticks(range(len(variants)), variants[::-1])
+    ax.set_yticks(range(len(variants)), ["tuned PPO" if v == TUNED_PPO else v for v in variants[::-1]])
     ax.set_xlabel("IQM of min-max normalised final return [95% CI]")
     ax.set_title(f"across {len(cross.tasks)} tasks: {', '.join(cross.tasks)}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
@@ -126,13 +148,15 @@ def write_cross_task_report(cross: CrossTask, out_dir: str | Path, command: str)
              "Per task, final scores (the leader's return over the last 10% of the budget) are mapped to [0, 1] by "
              "the task's lowest logged leader return and its best variant's IQM final score; then rliable's IQM "
              "over all runs and tasks and the probability of improvement of `sapg`, averaged over tasks, with 95% "
-             "stratified-bootstrap intervals (runs resampled within each task).", "",
+             "stratified-bootstrap intervals (runs resampled within each task). *tuned PPO*: each task's best point "
+             "of its PPO entropy grid, chosen on the same seeds (a selection that favours PPO).", "",
              "| task | low | high |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {task} | {low:.4g} | {high:.4g} |" for task, (low, high) in cross.ranges.items()]
     lines += ["", f"| variant | seeds | normalised IQM [95% CI] | P({REFERENCE} > variant) [95% CI] |", "|---|---|---|---|"]
     for variant in variants:
         poi = "–" if variant not in cross.poi else _ci(cross.poi[variant])
-        lines.append(f"| {variant} | {len(cross.seeds[variant])} | {_ci(cross.iqm[variant])} | {poi} |")
+        label = _tuned_label(cross) if variant == TUNED_PPO else variant
+        lines.append(f"| {label} | {len(cross.seeds[variant])} | {_ci(cross.iqm[variant])} | {poi} |")
     lines += [""] + [f"- Note: {note}" for note in cross.notes] + ["", "![across tasks](across_tasks.png)", ""]
     path = out_dir / "across_tasks.md"
     path.write_text("\n".join(lines))
