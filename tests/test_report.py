@@ -210,6 +210,16 @@ def test_report_recipe_rejects_a_bad_folder(tmp_path):
         load_study(tmp_path)
 
 
+@pytest.mark.parametrize(("option", "value"), [("--reps", "0"), ("--max-states", "-5")])
+def test_report_rejects_a_count_below_one_before_writing(synthetic, tmp_path, capsys, option, value):
+    from sapg_torchrl.cli.report import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(synthetic), "--out", str(tmp_path / "out"), option, value])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.strip() == f"error: {option} must be a positive integer, got {value}"
+
+
 # -------------------------------------------------------------------------------- real tiny sweep
 VARIANTS = ("sapg", "no_split", "symmetric")
 

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--max-states", type=int, default=None,
                         help="cap on the states per variant for the diversity measures (default: all)")
     args = parser.parse_args(argv)
+    for option, value in (("--reps", args.reps), ("--max-states", args.max_states)):
+        if value is not None and value < 1:
+            print(f"error: {option} must be a positive integer, got {value}", file=sys.stderr)
+            raise SystemExit(2)
     require_extra("study", ("pandas", "rliable", "matplotlib"), "sapg-report")
 
     from sapg_torchrl.study import (
