@@ -6,7 +6,7 @@ same rows, in one process.
     python benchmarks/compute_floor.py --threads 2 --rounds 3 --env halfcheetah
     python benchmarks/compute_floor.py --profile          # also: where an update's time goes (torch profiler)
 
-*Ours*: :meth:`SAPGTrainer.update` on a batch from the trainer's own rollout and :meth:`SAPGTrainer.prepare`,
+*Ours*: :meth:`SAPGTrainer.update` on a batch from the runner's own rollout and :meth:`SAPGTrainer.prepare`,
 divided by its ``epochs x minibatches`` optimizer steps. Everything an update does is in it: the shuffled
 tensordict gathers, the TensorDict modules, the distribution, the loss's diagnostics, the KL reference written
 back, the per-epoch learning-rate KL.
@@ -15,7 +15,7 @@ back, the per-epoch learning-rate KL.
 minibatch, an index gather of the rows (observation, block id, action, old log-prob, advantage, value target),
 the trunk (``obs [+ phi]`` -> the config's MLP) with a loc and a value head, the per-block log-std, the
 Gaussian log-prob, the clipped surrogate, the value loss, the entropy, backward, gradient clipping at the
-config's norm and Adam. Its parameters have the shapes of the trainer's (the counts are printed).
+config's norm and Adam. Its parameters have the shapes of the runner's (the counts are printed).
 
 Rounds interleave ours and the floor (``--rounds``, each with ``--iters`` updates after a warm-up one); the
 ratio is of the medians, and per round. Prints the machine's load before and after: time only on a quiet one.
@@ -29,23 +29,19 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from torch import nn  # noqa: E402
-
-from sapg_torchrl.cli import CONFIG_DIR  # noqa: E402
-from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error  # noqa: E402
-from sapg_torchrl.config import build_trainer  # noqa: E402
-from sapg_torchrl.nn import ACTIVATIONS  # noqa: E402
+from sapg_torchrl.app.build import build_runner
+from sapg_torchrl.cli import CONFIG_DIR
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
+from sapg_torchrl.nn import ACTIVATIONS
 
 
 class BareActorCritic(nn.Module):
-    """The trainer's network in plain torch: a shared trunk over ``obs [+ phi(block)]``, a loc and a value head,
+    """The runner's network in plain torch: a shared trunk over ``obs [+ phi(block)]``, a loc and a value head,
     a log-std per block."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden, activation: str, num_blocks: int, phi_dim: int):
@@ -67,12 +63,12 @@ class BareActorCritic(nn.Module):
 
 class Floor:
     """``epochs`` passes of bare-torch PPO minibatch steps over ``rows`` rows shuffled and split into ``sizes``
-    (the trainer's own partition)."""
+    (the runner's own partition)."""
 
-    def __init__(self, trainer, cfg, rows: int, epochs: int, sizes: list[int]):
-        obs_dim = trainer.env.observation_spec["observation"].shape[-1]
-        action_dim = trainer.env.action_spec.shape[-1]
-        num_blocks = trainer.layout.num_blocks
+    def __init__(self, runner, cfg, rows: int, epochs: int, sizes: list[int]):
+        obs_dim = runner.env.observation_spec["observation"].shape[-1]
+        action_dim = runner.env.action_spec.shape[-1]
+        num_blocks = runner.layout.num_blocks
         self.model = BareActorCritic(obs_dim, action_dim, cfg.network.hidden, cfg.network.activation, num_blocks,
                                      cfg.network.phi_dim)  # fmt: skip
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.ppo.lr)
@@ -125,19 +121,19 @@ def _time(fn) -> float:
 
 def measure(ablation: str, args, log=print) -> dict:
     cfg = _cfg(ablation, args)
-    trainer = build_trainer(cfg)
+    runner = build_runner(cfg)
     try:
-        batch = trainer.prepare(next(iter(trainer.collector)))
+        batch = runner.prepare(next(iter(runner.collector)))
     finally:
-        trainer.collector.shutdown()
+        runner.collector.shutdown()
     rows = batch.numel()
-    sizes = trainer.minibatch_sizes(batch.shape[0], rows // batch.shape[0])
-    steps = trainer.epochs * len(sizes)
-    floor = Floor(trainer, cfg, rows, trainer.epochs, sizes)
-    ours_params = sum(p.numel() for p in trainer.params)
+    sizes = runner.update.minibatch_sizes(batch.shape[0], rows // batch.shape[0])
+    steps = runner.update.ppo.epochs * len(sizes)
+    floor = Floor(runner, cfg, rows, runner.update.ppo.epochs, sizes)
+    ours_params = sum(p.numel() for p in runner.update.params)
 
     def ours():
-        trainer.update(batch.clone())
+        runner.update.epochs(batch.clone())
 
     ours(), floor.update()  # warm-up
     samples = {"ours": [], "floor": []}

@@ -30,14 +30,10 @@ import sys
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-sys.path.insert(0, str(REPO / "benchmarks"))
-
 import throughput
 import torch
 
-from sapg_torchrl.config import build_trainer
+from sapg_torchrl.app.build import build_runner
 
 
 def check_host_syncs(args: argparse.Namespace) -> bool:
@@ -49,16 +45,16 @@ def check_host_syncs(args: argparse.Namespace) -> bool:
     opts = argparse.Namespace(device=args.device, env="torch_pendulum", num_envs=args.num_envs, horizon=None,
                               epochs=None, rounds=1, warmup=2, iters=1)  # fmt: skip
     cfg = throughput.compose_config("sapg", opts)
-    trainer = build_trainer(cfg)
-    batches = iter(trainer.collector)
+    runner = build_runner(cfg)
+    batches = iter(runner.collector)
     data = next(batches)
-    trainer.learn(trainer.prepare(data), data)  # warm-up: allocations, lazy inits, the first reset
+    runner.update.learn(runner.prepare(data), data, 0)  # warm-up: allocations, lazy inits, the first reset
     torch.cuda.synchronize(device)
     ok = True
     try:
         torch.cuda.set_sync_debug_mode("error")
         data = next(batches)
-        batch = trainer.prepare(data)
+        batch = runner.prepare(data)
         torch.cuda.set_sync_debug_mode(0)
         print("host syncs: collection and batch: none")
     except RuntimeError as error:
@@ -66,20 +62,21 @@ def check_host_syncs(args: argparse.Namespace) -> bool:
         print(f"host syncs: collection and batch: FAILED, a sync at: {str(error).splitlines()[0]}")
         ok = False
         data = next(batches)
-        batch = trainer.prepare(data)
+        batch = runner.prepare(data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
-        trainer.learn(batch, data)
+        steps_before = runner.update.optimizer_steps
+        runner.update.learn(batch, data, 0)
         torch.cuda.synchronize(device)
         torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    allowed = 2 * trainer.epochs
-    steps = trainer.epochs * len(trainer.minibatch_sizes(batch.shape[0]))
-    print(f"host syncs: update: {len(syncs)} over {trainer.epochs} epochs, {steps} minibatch steps (allowed {allowed})")
+    allowed = 2 * runner.update.ppo.epochs
+    steps = runner.update.optimizer_steps - steps_before
+    print(f"host syncs: update: {len(syncs)} over {runner.update.ppo.epochs} epochs, {steps} minibatch steps (allowed {allowed})")
     for where in sorted({f"{w.filename}:{w.lineno}" for w in syncs})[:10]:
         print(f"  sync at {where}")
-    trainer.collector.shutdown()
+    runner.collector.shutdown()
     return ok and len(syncs) <= allowed
 
 
@@ -90,8 +87,8 @@ def check_cudagraph_rollout(args: argparse.Namespace) -> bool:
         return True
     opts = argparse.Namespace(device=args.device, env="torch_pendulum", num_envs=args.num_envs, horizon=None,
                               epochs=None, rounds=1, warmup=2, iters=1)  # fmt: skip
-    trainer = build_trainer(throughput.compose_config("sapg", opts, ["train.cudagraphs=true"]))
-    batches = iter(trainer.collector)
+    runner = build_runner(throughput.compose_config("sapg", opts, ["train.cudagraphs=true"]))
+    batches = iter(runner.collector)
     next(batches)  # CudaGraphModule's warm-up calls and the capture
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -100,15 +97,15 @@ def check_cudagraph_rollout(args: argparse.Namespace) -> bool:
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode(0)
     syncs = sum("synchroniz" in str(w.message) for w in caught)
-    key = trainer.loss.tensor_keys.sample_log_prob
+    key = runner.update.loss.tensor_keys.sample_log_prob
     with torch.no_grad():
         rows = data.reshape(-1)
-        eager = trainer.actor.get_dist(rows.select(*trainer.actor.in_keys, strict=False)).log_prob(rows.get("action"))
+        eager = runner.actor.get_dist(rows.select(*runner.actor.in_keys, strict=False)).log_prob(rows.get("action"))
     error = (eager - rows.get(key)).abs().max().item()
     ok = error < 1e-3
     print(f"cuda graphs: {data.numel()} steps' log-probs against the eager actor: max |difference| {error:.2e} "
           f"({'agree' if ok else 'FAILED'}); host syncs while collecting: {syncs} over {data.shape[-1]} steps")
-    trainer.collector.shutdown()
+    runner.collector.shutdown()
     return ok
 
 

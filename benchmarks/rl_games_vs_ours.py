@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"MountainCarContinuous-v0": "mountaincar", "HalfCheetah-v4": "halfcheetah"}
 VARIANTS = ("rl_games", "no_split", "sapg")
 RESULT = "RESULT "  # the worker's last line: RESULT {json}
@@ -97,9 +96,8 @@ def ours_worker(args) -> list[tuple[float, float]]:
     import torch
     from hydra import compose, initialize_config_dir
 
-    sys.path.insert(0, str(REPO))
     from sapg_torchrl.cli import CONFIG_DIR
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
     torch.set_num_threads(args.threads)
     overrides = [f"ablation={args.variant}", f"env={PRESETS[args.task]}", f"env.num_envs={args.num_envs}",
@@ -108,16 +106,11 @@ def ours_worker(args) -> list[tuple[float, float]]:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="sapg", overrides=overrides)
     cfg.total_frames = args.num_envs * args.horizon * (args.iters + 1)
-    trainer = build_trainer(cfg)
-    data = iter(trainer.collector)
-
-    def iteration():  # SAPGTrainer.train()'s body without sinks and checkpoints (evaluation is off)
-        trainer._iteration_metrics(trainer.learn(trainer.prepare(batch := next(data)), batch))
-
-    try:
-        return _timed(args.iters, iteration)
+    runner = build_runner(cfg)
+    try:  # the runner's own iteration: what Runner.train() runs, without sinks and checkpoints (evaluation is off)
+        return _timed(args.iters, runner.run_iteration)
     finally:
-        trainer.collector.shutdown()
+        runner.collector.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -17,13 +17,11 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-from throughput import SAPGVariant, compose_config, measure, summarize  # noqa: E402
+import torch
+from throughput import SAPGVariant, compose_config, measure, summarize  # beside this script, on Python's path
 
-from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error  # noqa: E402
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
 
 DEFAULT_N = "384,768,1536,3072,6144,12288"
 

@@ -7,7 +7,7 @@
 
 Variants, all built in one process and measured side by side:
 
-- ``sapg``: :func:`sapg_torchrl.config.build_trainer` on ``sapg_torchrl/configs/sapg.yaml`` composed with
+- ``sapg``: :func:`sapg_torchrl.app.build.build_runner` on ``sapg_torchrl/configs/sapg.yaml`` composed with
   ``ablation=sapg`` (M blocks, leader-follower relabelled rows, shared trunk + phi).
 - ``no_split``: the same with ``ablation=no_split`` (M = 1, no relabelled rows: PPO at scale through
   the same trainer).
@@ -19,13 +19,17 @@ Variants, all built in one process and measured side by side:
   (``Blockwise``: each block's network on its own rows).
 
 One *iteration* is the full training loop body: collect ``N x T`` frames, compute the targets, run the
-``epochs`` passes of minibatch updates. For the SAPG trainer it mirrors :meth:`SAPGTrainer.train` minus
-evaluation, sinks and checkpoints (``_track_episodes``, ``make_batch``, ``update``, the observation-norm
-update and the per-iteration metrics transfer); the phases are
+``epochs`` passes of minibatch updates. For SAPG it is the runner's own
+:meth:`~sapg_torchrl.training.Runner.run_iteration` (what :meth:`~sapg_torchrl.training.Runner.train` runs, minus
+evaluation, sinks and checkpoints), its phases timed through the runner's ``phase_clock``:
 
-- ``collect``: ``next()`` on the trainer's collector (env steps + policy forward),
-- ``targets``: ``make_batch`` (critic forward, GAE, relabelled rows, advantage standardisation),
-- ``update``: ``update`` + observation-norm update + metrics (the epochs of minibatch updates);
+- ``collect``: the collector's next rollout (env steps + policy forward),
+- ``targets``: frame and episode counts, ``PPOUpdate.make_batch`` (critic forward, GAE, relabelled rows, advantage
+  standardisation) and the hooks,
+- ``update``: ``PPOUpdate.learn`` (the epochs of minibatch updates, the observation-norm update) and the metrics'
+  host transfer.
+
+The minibatch steps per iteration are the update's own count (``PPOUpdate.optimizer_steps``), not a formula;
 
 for ``stock`` they are the collector, GAE (+ one advantage standardisation), and the epochs.
 
@@ -51,27 +55,24 @@ import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-from sapg_torchrl.cli import CONFIG_DIR  # noqa: E402
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from tensordict.nn import AddStateIndependentNormalScale, TensorDictModule
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from tensordict.nn import AddStateIndependentNormalScale, TensorDictModule  # noqa: E402
-from torch import nn  # noqa: E402
-from torchrl.collectors import Collector  # noqa: E402
-from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator  # noqa: E402
-from torchrl.objectives import ClipPPOLoss  # noqa: E402
-from torchrl.objectives.value import GAE  # noqa: E402
-
-from sapg_torchrl.config import build_trainer, eval_env_factory, simulator_factory  # noqa: E402
-from sapg_torchrl.evaluator import BackgroundEvaluator  # noqa: E402
-from sapg_torchrl.envs import make_sapg_env  # noqa: E402
-from sapg_torchrl.errors import ConfigError  # noqa: E402
-from sapg_torchrl.nn import ACTIVATIONS  # noqa: E402
-from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error  # noqa: E402
-from sapg_torchrl.targets import standardize_advantage  # noqa: E402
+from sapg_torchrl.app.build import build_runner, eval_env_factory, simulator_factory
+from sapg_torchrl.cli import CONFIG_DIR
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
+from sapg_torchrl.envs import make_sapg_env
+from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.nn import ACTIVATIONS
+from sapg_torchrl.targets import standardize_advantage
+from sapg_torchrl.training.evaluation import BackgroundEvaluator
 
 PHASES = ("collect", "targets", "update")
 
@@ -112,40 +113,52 @@ def _sync(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- variants
+class PhaseClock:
+    """A :attr:`~sapg_torchrl.training.Runner.phase_clock`: the seconds of each phase of the runner's iteration (the
+    device synchronised at each phase's end, so that its kernels count in it)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, {}
+        self.start()
+
+    def start(self) -> None:
+        _sync(self.device)
+        self.times, self._last = {}, time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.times[phase], self._last = now - self._last, now
+
+
 class SAPGVariant:
-    """A :class:`~sapg_torchrl.trainer.SAPGTrainer` stepped one iteration at a time."""
+    """A :class:`~sapg_torchrl.training.Runner`, one :meth:`~sapg_torchrl.training.Runner.run_iteration` at a time
+    (the loop's own iteration, without evaluation, sinks and checkpoints), its phases timed by a :class:`PhaseClock`."""
 
     def __init__(self, name: str, cfg: DictConfig):
         self.name = name
-        self.trainer = build_trainer(cfg)
-        self.device = self.trainer.device
-        self._data = iter(self.trainer.collector)
-        tr = self.trainer
-        agg = tr.aggregator
-        self.rows = (tr.layout.num_envs + (0 if agg is None else agg.rows_per_env_step)) * tr.horizon
-        self.minibatches = tr.epochs * -(-self.rows // tr.minibatch_size)
-        self.frames = tr.frames_per_iteration
-        self.params_count = sum(p.numel() for p in tr.params)
+        self.runner = build_runner(cfg)
+        self.device = self.runner.device
+        self.runner.phase_clock = self.clock = PhaseClock(self.device)
+        self.frames = self.runner.frames_per_iteration
+        self.params_count = sum(p.numel() for p in self.runner.update.params)
+        self.rows = self.minibatches = None  # read from the first iteration
 
     def iteration(self) -> dict[str, float]:
-        tr = self.trainer
-        _sync(self.device)
-        t0 = time.perf_counter()
-        data = next(self._data)
-        _sync(self.device)
-        t1 = time.perf_counter()
-        # the body of SAPGTrainer.train(), without evaluation, sinks and checkpoints
-        batch = tr.prepare(data)
-        _sync(self.device)
-        t2 = time.perf_counter()
-        losses = tr.learn(batch, data)
-        tr._iteration_metrics(losses)  # the per-iteration host transfer of the metrics
-        _sync(self.device)
-        t3 = time.perf_counter()
-        return {"collect": t1 - t0, "targets": t2 - t1, "update": t3 - t2}
+        update = self.runner.update
+        steps_before = update.optimizer_steps
+        self.clock.start()
+        self.runner.run_iteration()
+        self.minibatches = update.optimizer_steps - steps_before  # the steps the update took, not a formula
+        self.rows = self.rows or self._rows()
+        return dict(self.clock.times)
+
+    def _rows(self) -> int:
+        aggregator, layout = self.runner.update.aggregator, self.runner.layout
+        return (layout.num_envs + (0 if aggregator is None else aggregator.rows_per_env_step)) * self.runner.update.ppo.horizon
 
     def close(self) -> None:
-        self.trainer.collector.shutdown()
+        self.runner.collector.shutdown()
 
 
 class StockPPO:
@@ -270,7 +283,7 @@ def measure_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) 
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        out = variant.trainer.evaluate()
+        out = variant.runner.evaluator.submit(0, variant.runner.actor)
         times.append(time.perf_counter() - t0)
     eval_s, interval = statistics.median(times), cfg.train.eval_interval
     per_iter = results_so_far[variant.name]["time_per_iter_s"]
@@ -280,20 +293,20 @@ def measure_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) 
 
 def measure_background_eval(variant, cfg: DictConfig, results_so_far: dict, reps: int = 3) -> dict:
     """What ``train.eval_async`` costs the training loop: the same evaluation in a child process
-    (:class:`~sapg_torchrl.evaluator.BackgroundEvaluator`) while ``variant`` trains. Per evaluation: the weights'
+    (:class:`~sapg_torchrl.training.evaluation.BackgroundEvaluator`) while ``variant`` trains. Per evaluation: the weights'
     hand-over, plus the iterations run until it finished minus their time without it (the median per iteration
     measured above), plus any wait at the next evaluation's turn (``interval`` iterations later); its share of
     training time is that over ``interval x time per iteration``."""
-    e, trainer = cfg.env, variant.trainer
-    make_env = eval_env_factory(cfg, simulator_factory(e.make, variant.device), trainer.layout.leader)
-    evaluator = BackgroundEvaluator(make_env, trainer.actor, e.eval_steps)
+    e, runner = cfg.env, variant.runner
+    make_env = eval_env_factory(cfg, simulator_factory(e.make, variant.device), runner.layout.leader)
+    evaluator = BackgroundEvaluator(make_env, runner.actor, e.eval_steps)
     try:
-        evaluator.submit(0, trainer.actor)
+        evaluator.submit(0, runner.actor)
         evaluator.result(0, wait=True)  # the child's start-up and first rollout, not counted
         per_iter, interval, costs = results_so_far[variant.name]["time_per_iter_s"], cfg.train.eval_interval, []
         for rep in range(1, reps + 1):
             t0 = time.perf_counter()
-            evaluator.submit(rep, trainer.actor)
+            evaluator.submit(rep, runner.actor)
             cost, iterations, finished = time.perf_counter() - t0, 0, None
             while finished is None and iterations < interval:
                 cost += sum(variant.iteration().values()) - per_iter
@@ -454,13 +467,13 @@ def main(argv=None) -> int:
         cfg = cfgs["sapg"]
         print(f"building {', '.join(names)} and stock ...", flush=True)
         variants = [SAPGVariant(name, cfgs[name]) for name in names]
-        variants.insert(2, StockPPO(cfg, variants[0].device))  # the device build_trainer resolved
+        variants.insert(2, StockPPO(cfg, variants[0].device))  # the device build_runner resolved
     device = variants[0].device
     meta = {
         "num_envs": cfg.env.num_envs,
         "horizon": cfg.ppo.horizon,
         "epochs": cfg.ppo.epochs,
-        "minibatch_size": variants[0].trainer.minibatch_size,
+        "minibatch_size": variants[0].runner.update.minibatch_size,
         "env": cfg.env.make.get("env_name") or cfg.env.make._target_.rsplit(".", 1)[-1],
         "device": str(device),
         "torch_threads": torch.get_num_threads(),

@@ -1,6 +1,6 @@
 """Sphinx configuration of the sapg-torchrl docs.
 
-``docs/_generated/config_reference.rst`` is written here from the config schema (:mod:`sapg_torchrl.schema`) at
+``docs/_generated/config_reference.rst`` is written here from the config schema (:mod:`sapg_torchrl.app.schema`) at
 every build, and the examples of ``docs/examples/`` are executed by sphinx-gallery into ``docs/auto_examples/``
 (``-D plot_gallery=0`` builds their pages without running them).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.abspath(".."))
 
-from sapg_torchrl.schema import reference_rst  # noqa: E402
+from sapg_torchrl.app.schema import reference_rst  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 (HERE / "_generated").mkdir(exist_ok=True)

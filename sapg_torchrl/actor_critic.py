@@ -107,7 +107,7 @@ def make_actor_critic(
             :class:`~sapg_torchrl.SAPGLoss`).
         observation_norm (ValueNorm, optional): if given (e.g. ``RunningValueNorm(shape=observation_dim)``),
             observations are standardised with its statistics (clipped to +-5) before the trunk; phi is
-            never normalised. Update it yourself (the trainer does, once per iteration).
+            never normalised. Update it yourself (the update does, once per iteration).
         observation_key, block_id_key (NestedKey): input keys.
 
     Returns:

@@ -12,7 +12,12 @@ import torch
 
 from sapg_torchrl.errors import ConfigError
 
-__all__ = ["BlockLayout", "block_entropy_coefficients"]
+__all__ = ["ENTROPY_SCHEDULES", "LEADERS", "BlockLayout", "block_entropy_coefficients"]
+
+LEADERS = ("first", "last")
+"""The leader by name (besides a block index): the paper's "policy 1" or the released code's last block."""
+ENTROPY_SCHEDULES = ("code", "paper", "explicit", "zero")
+"""The per-block entropy schedules of :func:`block_entropy_coefficients`."""
 
 
 def _resolve_leader(leader: int | str, num_blocks: int) -> int:
@@ -126,6 +131,4 @@ def block_entropy_coefficients(
         return 0.5 * scale * distance / max(num_blocks - 1, 1)
     if schedule == "paper":
         return scale * distance
-    raise ConfigError(
-        f"entropy schedule {schedule!r} is not accepted: use one of 'code', 'paper', 'explicit', 'zero'"
-    )
+    raise ConfigError(f"entropy schedule {schedule!r} is not accepted: use one of {list(ENTROPY_SCHEDULES)}")

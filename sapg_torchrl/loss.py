@@ -196,13 +196,11 @@ class SAPGLoss(ClipPPOLoss):
         # ClipPPOLoss registers a scalar buffer; SAPG's is one coefficient per block, same name.
         self.entropy_coeff = entropy_coeff.to(self.entropy_coeff.device)
         # ClipPPOLoss keeps clip_value as a 0-dim buffer and branches on it (``if self.clip_value:``) in every
-        # critic loss: a device-to-host sync per minibatch on CUDA. A Python float clips the same, without it;
-        # checkpoints written while it was a buffer still load (the entry is dropped).
+        # critic loss: a device-to-host sync per minibatch on CUDA. A Python float clips the same, without it.
         if isinstance(self.clip_value, torch.Tensor):
             clip = float(self.clip_value)
             del self._buffers["clip_value"]
             self.clip_value = clip
-        self._register_load_state_dict_pre_hook(_drop_clip_value_buffer)
         self.num_blocks = num_blocks
         self.clip_mode = clip_mode
         self.kl_reference = kl_reference
@@ -351,7 +349,3 @@ class SAPGLoss(ClipPPOLoss):
         )  # fmt: skip
         return td_out
 
-
-def _drop_clip_value_buffer(state_dict, prefix, *args) -> None:
-    """Load hook: a checkpoint from before ``clip_value`` was a float holds it as a buffer."""
-    state_dict.pop(prefix + "clip_value", None)

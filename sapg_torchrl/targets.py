@@ -9,7 +9,15 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.modules import set_recurrent_mode
 
-__all__ = ["fill_lost_final_observations", "n_step_return", "rollout_state_values", "standardize_advantage"]
+__all__ = [
+    "ADVANTAGE_NORMS", "CRITIC_TARGETS", "fill_lost_final_observations", "n_step_return", "rollout_state_values",
+    "standardize_advantage",
+]  # fmt: skip
+
+CRITIC_TARGETS = ("gae", "n_step")
+"""The critic's targets: GAE's lambda-return (the released code) or :func:`n_step_return` (the paper)."""
+ADVANTAGE_NORMS = ("global", "per_block", "none")
+"""How :func:`standardize_advantage` is applied: once over the batch (the code), per block, or not at all."""
 
 
 @torch.no_grad()
@@ -108,7 +116,7 @@ def standardize_advantage(
         num_blocks (int, optional): number of blocks (needed with ``block_id``).
         eps (float): added to the standard deviation.
         all_sum (callable, optional): sums a tensor over the processes of a data-parallel run
-            (:meth:`sapg_torchrl.distributed.Ranks.all_sum`): the mean and standard deviation are then those of
+            (:meth:`sapg_torchrl.training.distributed.Ranks.all_sum`): the mean and standard deviation are then those of
             every process's rows together.
 
     Examples:

@@ -13,7 +13,7 @@ from tensordict import TensorDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sapg_torchrl import SAPGLoss, make_actor_critic  # noqa: E402
-from sapg_torchrl.distributed import SINGLE, Ranks, update_running_norm  # noqa: E402
+from sapg_torchrl.training.distributed import SINGLE, Ranks, update_running_norm  # noqa: E402
 from sapg_torchrl.targets import standardize_advantage  # noqa: E402
 
 OBS, ACT, M, LEADER = 3, 2, 3, 2
@@ -100,7 +100,7 @@ def drift_is_caught(ranks: Ranks) -> bool:
 if __name__ == "__main__":
     import torch.distributed as dist
 
-    from sapg_torchrl.distributed import from_environment
+    from sapg_torchrl.training.distributed import from_environment
 
     ranks = from_environment("gloo")
     result = {

@@ -208,19 +208,19 @@ def test_bad_mode_and_missing_actor(nets, layout):
 
 
 @pytest.mark.parametrize("aggregation, K, extra_rows", [("leader_follower", 2, 2 * B), ("symmetric", 1, N)])
-def test_trainer_counts_frames_once(tiny_cfg, tmp_path, aggregation, K, extra_rows):
+def test_runner_counts_frames_once(tiny_cfg, tmp_path, aggregation, K, extra_rows):
     """Relabelled rows are not frames: frames = iterations * N * T while each batch holds (N + extra) * T rows,
     whose advantages are standardised together."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
     cfg = tiny_cfg(f"sapg.aggregation={aggregation}", f"sapg.off_policy_ratio={K}", "train.eval_interval=0")
-    trainer = build_trainer(cfg, tmp_path)
+    runner = build_runner(cfg, tmp_path)
     batch_rows = []
-    make_batch = trainer.make_batch
+    make_batch = runner.update.make_batch
 
-    def spy(data):
+    def spy(data, final_observation_lost):
         assert data.shape == (N, cfg.ppo.horizon)
-        batch = make_batch(data)
+        batch = make_batch(data, final_observation_lost)
         batch_rows.append((batch.numel(), int(batch["relabelled"].sum())))
         # advantages standardised once over the whole augmented batch (code)
         advantage = batch["advantage"]
@@ -228,9 +228,9 @@ def test_trainer_counts_frames_once(tiny_cfg, tmp_path, aggregation, K, extra_ro
         torch.testing.assert_close(advantage.std(correction=0), torch.tensor(1.0), atol=1e-4, rtol=0)
         return batch
 
-    trainer.make_batch = spy
-    metrics = trainer.train()
-    frames = trainer.iterations * N * cfg.ppo.horizon
-    assert trainer.iterations == 10 and frames == cfg.total_frames
-    assert trainer.frames == frames and metrics["frames"] == frames
+    runner.update.make_batch = spy
+    metrics = runner.train()
+    frames = runner.iterations * N * cfg.ppo.horizon
+    assert runner.iterations == 10 and frames == cfg.total_frames
+    assert runner.frames == frames and metrics["frames"] == frames
     assert batch_rows == [((N + extra_rows) * cfg.ppo.horizon, extra_rows * cfg.ppo.horizon)] * 10

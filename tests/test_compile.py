@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from sapg_torchrl.config import build_trainer
+from sapg_torchrl.app.build import build_runner
 
 
 @pytest.mark.slow  # compiling the loss, the rollout policy and the evaluation policy takes minutes on 2 cores
@@ -19,9 +19,9 @@ def test_compiled_training_matches_eager(tiny_cfg, tmp_path, monkeypatch):
     metrics = {}
     for compile_ in (False, True):
         torch.manual_seed(0)
-        trainer = build_trainer(tiny_cfg(f"train.compile={compile_}", "total_frames=96"), tmp_path / str(compile_))
-        assert (trainer.loss_forward is trainer.loss) != compile_
-        metrics[compile_] = trainer.train()
+        runner = build_runner(tiny_cfg(f"train.compile={compile_}", "total_frames=96"), tmp_path / str(compile_))
+        assert (runner.update.loss_forward is runner.update.loss) != compile_
+        metrics[compile_] = runner.train()
     eager, compiled = metrics[False], metrics[True]
     compared = [k for k, v in eager.items() if k.startswith(("train/loss", "return/", "eval/")) and math.isfinite(v)]
     assert "train/loss_objective" in compared and "eval/return" in compared
@@ -32,18 +32,18 @@ def test_compiled_training_matches_eager(tiny_cfg, tmp_path, monkeypatch):
 def test_bfloat16_update_gives_the_float32_losses_to_bf16_tolerance(tiny_cfg):
     """The same batch and parameters through the loss, float32 and under bf16 autocast: the same losses to a few
     bf16 ulps (3 significant digits), float32 outputs, and the gradients pointing the same way."""
-    trainer = build_trainer(tiny_cfg("train.precision=bfloat16", "network.hidden=[64, 64]", "train.eval_interval=0"))
-    assert trainer.autocast.fast_dtype == torch.bfloat16
-    batch = trainer.prepare(next(iter(trainer.collector)))
-    trainer.collector.shutdown()
+    runner = build_runner(tiny_cfg("train.precision=bfloat16", "network.hidden=[64, 64]", "train.eval_interval=0"))
+    assert runner.update.autocast.fast_dtype == torch.bfloat16
+    batch = runner.prepare(next(iter(runner.collector)))
+    runner.collector.shutdown()
     outputs, grads = {}, {}
-    for precision, context in (("float32", torch.autocast("cpu", enabled=False)), ("bfloat16", trainer.autocast)):
-        trainer.optimizer.zero_grad()
+    for precision, context in (("float32", torch.autocast("cpu", enabled=False)), ("bfloat16", runner.update.autocast)):
+        runner.update.optimizer.zero_grad()
         with context:
-            out = trainer.loss(batch)
+            out = runner.update.loss(batch)
         sum(v for k, v in out.items() if k.startswith("loss_")).backward()
         outputs[precision] = out.detach()
-        grads[precision] = torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None])
+        grads[precision] = torch.cat([p.grad.flatten() for p in runner.update.params if p.grad is not None])
     for key in ("loss_objective", "loss_critic", "loss_entropy"):
         assert outputs["bfloat16"][key].dtype == torch.float32, key
         assert outputs["bfloat16"][key].item() == pytest.approx(outputs["float32"][key].item(), rel=3e-2, abs=1e-3), key
@@ -52,9 +52,9 @@ def test_bfloat16_update_gives_the_float32_losses_to_bf16_tolerance(tiny_cfg):
 
 def test_bfloat16_training_runs_and_unknown_precision_is_refused(tiny_cfg, tmp_path):
     from sapg_torchrl.errors import ConfigError
-    from sapg_torchrl.schema import validate
+    from sapg_torchrl.app.schema import validate
 
-    result = build_trainer(tiny_cfg("train.precision=bfloat16", "total_frames=96"), tmp_path).train()
+    result = build_runner(tiny_cfg("train.precision=bfloat16", "total_frames=96"), tmp_path).train()
     assert math.isfinite(result["train/loss_objective"]) and math.isfinite(result["train/loss_critic"])
     with pytest.raises(ConfigError, match="train.precision='fp16' is not accepted.*float32, bfloat16"):
         validate(tiny_cfg("train.precision=fp16"))
@@ -67,35 +67,39 @@ def test_cudagraph_policy_collects_the_eager_batch(tiny_cfg, monkeypatch):
     from tensordict.nn import CudaGraphModule
     from tensordict.nn.functional_modules import _exclude_td_from_pytree
 
-    from sapg_torchrl import config
+    import dataclasses
 
-    trainer_class = config.SAPGTrainer
+    from sapg_torchrl.app import build
 
-    def forcing(cudagraphs):  # build_trainer refuses the setting on a CPU; the trainer takes it
-        return lambda **kw: trainer_class(**{**kw, "cudagraphs": cudagraphs})
+    runner_class = build.Runner
+
+    def forcing(cudagraphs):  # build_runner refuses the setting on a CPU; the runner takes it
+        return lambda env, actor, update, train, **kw: runner_class(
+            env, actor, update, dataclasses.replace(train, cudagraphs=cudagraphs), **kw
+        )
 
     batches = {}
     for cudagraphs in (False, True):
-        monkeypatch.setattr(config, "SAPGTrainer", forcing(cudagraphs))
+        monkeypatch.setattr(build, "Runner", forcing(cudagraphs))
         torch.manual_seed(0)
         # CudaGraphModule takes TensorDicts out of PyTree for the rest of the process unless they are out already:
         # out for this test only
         with warnings.catch_warnings(), _exclude_td_from_pytree():
             warnings.filterwarnings("ignore", message=".*without CUDA device available.*")
-            trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
-            batches[cudagraphs] = next(iter(trainer.collector))
-        assert isinstance(trainer.collector._wrapped_policy, CudaGraphModule) == cudagraphs
-        trainer.collector.shutdown()
+            runner = build_runner(tiny_cfg("train.eval_interval=0"))
+            batches[cudagraphs] = next(iter(runner.collector))
+        assert isinstance(runner.collector._wrapped_policy, CudaGraphModule) == cudagraphs
+        runner.collector.shutdown()
     for key in ("action", ("next", "reward"), "sample_log_prob"):
         torch.testing.assert_close(batches[True].get(key), batches[False].get(key), msg=str(key))
 
 
 def test_cudagraphs_off_cuda_is_refused_in_one_line(tiny_cfg):
-    """Refused by the config check (before a run folder exists) and by ``build_trainer`` (the API)."""
+    """Refused by the config check (before a run folder exists) and by ``build_runner`` (the API)."""
     from sapg_torchrl.errors import ConfigError
-    from sapg_torchrl.schema import validate
+    from sapg_torchrl.app.schema import validate
 
     message = r"train.cudagraphs=true is not accepted with the learner on cpu.*device=cuda"
-    for check in (validate, build_trainer):
+    for check in (validate, build_runner):
         with pytest.raises(ConfigError, match=message):
             check(tiny_cfg("train.cudagraphs=true", "device=cpu"))

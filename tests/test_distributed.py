@@ -15,7 +15,7 @@ from conftest import REPO, TINY_OVERRIDES
 from distributed_checks import M, gradients, statistics, statistics_data
 
 from sapg_torchrl import ConfigError
-from sapg_torchrl.distributed import SINGLE, from_environment, split_envs
+from sapg_torchrl.training.distributed import SINGLE, from_environment, split_envs
 
 
 def torchrun(*args, cwd, timeout=300) -> subprocess.CompletedProcess:

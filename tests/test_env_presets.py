@@ -14,7 +14,8 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.testing.mocking_classes import MockBatchedLockedEnv
 
 from sapg_torchrl import BlockLayout, ConfigError
-from sapg_torchrl.config import build_trainer, train
+from sapg_torchrl.app.build import build_runner
+from sapg_torchrl.app.run import train
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.envs.gpu import sapg_view
 
@@ -72,12 +73,12 @@ CPU_PRESETS_TO_RUN = [pytest.param(p, marks=pytest.mark.slow) if p == "brax_ant"
 def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
     """One collector batch: [N, T] with float32 observations of the task's size and every env's block id."""
     _, obs_dim, action_dim = CPU_PRESETS[preset]
-    trainer = build_trainer(compose_cfg(f"env={preset}", *TINY), tmp_path)
+    runner = build_runner(compose_cfg(f"env={preset}", *TINY), tmp_path)
     try:
-        data = next(iter(trainer.collector))
+        data = next(iter(runner.collector))
     finally:
-        trainer.collector.shutdown()
-        trainer.env.close()
+        runner.collector.shutdown()
+        runner.env.close()
     assert data.batch_size == (12, 4)
     assert data["observation"].shape == (12, 4, obs_dim) and data["observation"].dtype == torch.float32
     assert data["action"].shape == (12, 4, action_dim)

@@ -186,19 +186,19 @@ def test_torch_pendulum_steps_like_gymnasiums_pendulum():
 def test_torch_pendulum_resets_inside_its_step_and_training_bootstraps_from_the_current_state(tiny_cfg):
     """Native auto-reset: no TorchRL reset call, episodes truncated on time, the lost final observation (NaN in the
     rollout) replaced by the current one before any critic sees it."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
     env = ("env=torch_pendulum", "env.num_envs=12", "~env.make.create_env_kwargs", "+env.make.episode_length=3")
-    trainer = build_trainer(tiny_cfg(*env, "train.eval_interval=0"))
-    data = next(iter(trainer.collector))
+    runner = build_runner(tiny_cfg(*env, "train.eval_interval=0"))
+    data = next(iter(runner.collector))
     truncated = data["next", "truncated"].squeeze(-1)
     assert truncated[:, 2].all() and not data["next", "terminated"].any()
     assert data["next", "observation"][truncated].isnan().all()
-    batch = trainer.prepare(data)
-    assert trainer.final_observation_lost
+    assert runner.final_observation_lost
+    batch = runner.prepare(data)
     torch.testing.assert_close(data["next", "observation"][truncated], data["observation"][truncated])
     assert not batch.isnan().any()
-    trainer.collector.shutdown()
+    runner.collector.shutdown()
 
 
 def test_torch_pendulum_refuses_an_episode_length_below_one():

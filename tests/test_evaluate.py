@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 from sapg_torchrl import ConfigError
-from sapg_torchrl.config import train
-from sapg_torchrl.evaluation import evaluate_run, record_video
+from sapg_torchrl.app.run import train
+from sapg_torchrl.app.trained_run import evaluate_run, record_video
 
 
 @pytest.fixture(scope="module")

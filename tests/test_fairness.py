@@ -9,8 +9,8 @@ from tensordict import TensorDict
 from torch import nn
 
 from sapg_torchrl import SAPGLoss, make_actor_critic
-from sapg_torchrl.config import build_trainer
-from sapg_torchrl.trainer import minibatch_sizes
+from sapg_torchrl.app.build import build_runner
+from sapg_torchrl.training.update import minibatch_sizes
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
 from test_study import ABLATIONS
@@ -48,13 +48,13 @@ def study_cfg(*overrides):
 
 
 def optimizer_steps_of_one_iteration(cfg) -> int:
-    trainer = build_trainer(cfg)
+    runner = build_runner(cfg)
     steps = []
-    step = trainer.optimizer.step
-    trainer.optimizer.step = lambda *a, **k: steps.append(1) or step(*a, **k)
-    data = next(iter(trainer.collector))
-    trainer.learn(trainer.prepare(data), data)
-    trainer.collector.shutdown()
+    step = runner.update.optimizer.step
+    runner.update.optimizer.step = lambda *a, **k: steps.append(1) or step(*a, **k)
+    data = next(iter(runner.collector))
+    runner.update.learn(runner.prepare(data), data, 1)
+    runner.collector.shutdown()
     return len(steps)
 
 
@@ -69,10 +69,10 @@ def test_every_study_variant_takes_the_same_optimizer_steps():
 def test_code_fidelity_steps_follow_rl_games(tiny_cfg):
     """Without num_minibatches: floor(rows / (4 N)) minibatches, as rl_games (sapg: 56 rows, minibatch 48 -> 1)."""
     cfg = tiny_cfg("ppo.minibatch_size=20")
-    trainer = build_trainer(cfg)
-    trainer.collector.shutdown()
+    runner = build_runner(cfg)
+    runner.collector.shutdown()
     rows = (12 + 2) * 4  # N + one follower block of 2 envs, T = 4
-    assert trainer.minibatch_sizes(rows) == rl_games_minibatches(rows, 20) == [20, 36]
+    assert runner.update.minibatch_sizes(rows) == rl_games_minibatches(rows, 20) == [20, 36]
     assert optimizer_steps_of_one_iteration(cfg) == cfg.ppo.epochs * 2
 
 
@@ -128,16 +128,16 @@ def test_behaviour_kl_is_torchrl_sample_estimate_on_policy_rows():
     assert "loc" not in out.keys()
 
 
-def test_trainer_makes_the_reference_the_previous_epoch(tiny_cfg):
+def test_runner_makes_the_reference_the_previous_epoch(tiny_cfg):
     """Epoch 1 measures the KL to the behaviour policy; epoch e > 1, to the policy each row saw in epoch e - 1."""
-    trainer = build_trainer(tiny_cfg("ppo.epochs=3", "train.eval_interval=0"))
-    data = next(iter(trainer.collector))
-    trainer.collector.shutdown()
-    batch = trainer.prepare(data)
+    runner = build_runner(tiny_cfg("ppo.epochs=3", "train.eval_interval=0"))
+    data = next(iter(runner.collector))
+    runner.collector.shutdown()
+    batch = runner.prepare(data)
     batch["row"] = torch.arange(batch.shape[0])
     behaviour_loc = batch["loc"].clone()
     calls = []
-    forward = trainer.loss.forward
+    forward = runner.update.loss.forward
 
     def recording(td):
         reference = td["loc"].clone()
@@ -145,8 +145,8 @@ def test_trainer_makes_the_reference_the_previous_epoch(tiny_cfg):
         calls.append((td["row"].clone(), reference, out["loc"].clone()))
         return out
 
-    trainer.loss.forward = recording
-    trainer.update(batch)
+    runner.update.loss.forward = recording
+    runner.update.epochs(batch)
     per_epoch = len(calls) // 3
     seen = torch.full_like(behaviour_loc, float("nan"))
     for i, (rows, reference, current) in enumerate(calls):
@@ -168,9 +168,9 @@ def test_no_split_network_is_a_plain_actor_critic():
 
 
 def test_no_split_run_builds_no_phi(tiny_cfg):
-    trainer = build_trainer(tiny_cfg("ablation=no_split", "train.eval_interval=0"))
-    trainer.collector.shutdown()
-    assert not any(isinstance(m, nn.Embedding) for m in trainer.actor.modules())
+    runner = build_runner(tiny_cfg("ablation=no_split", "train.eval_interval=0"))
+    runner.collector.shutdown()
+    assert not any(isinstance(m, nn.Embedding) for m in runner.actor.modules())
 
 
 def test_lstm_layer_norm_sits_on_the_lstm_output():

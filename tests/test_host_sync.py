@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sapg_torchrl.config import build_trainer
+from sapg_torchrl.app.build import build_runner
 
 READS = ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy")
 LIBRARY = str(Path(__file__).resolve().parents[1] / "sapg_torchrl")
@@ -51,10 +51,10 @@ def host_reads(monkeypatch):
     return measure
 
 
-def trainer_and_batch(tiny_cfg, *overrides):
-    trainer = build_trainer(tiny_cfg("train.eval_interval=0", "ppo.epochs=2", *overrides))
-    batches = iter(trainer.collector)
-    return trainer, batches, trainer.prepare(next(batches))
+def runner_and_batch(tiny_cfg, *overrides):
+    runner = build_runner(tiny_cfg("train.eval_interval=0", "ppo.epochs=2", *overrides))
+    batches = iter(runner.collector)
+    return runner, batches, runner.prepare(next(batches))
 
 
 @pytest.mark.parametrize("ablation", ["sapg", "no_split", "no_off_policy", "symmetric"])
@@ -62,18 +62,18 @@ def test_update_reads_the_host_once_per_epoch_not_per_minibatch(tiny_cfg, host_r
     """The update's host reads do not grow with the number of minibatches, and stay at the per-epoch KL's."""
     reads = {}
     for minibatches in (2, 4):
-        trainer, _, batch = trainer_and_batch(tiny_cfg, f"ablation={ablation}", f"ppo.num_minibatches={minibatches}")
-        reads[minibatches] = host_reads(lambda: trainer.update(batch))
-        trainer.collector.shutdown()
+        runner, _, batch = runner_and_batch(tiny_cfg, f"ablation={ablation}", f"ppo.num_minibatches={minibatches}")
+        reads[minibatches] = host_reads(lambda: runner.update.epochs(batch))
+        runner.collector.shutdown()
     assert reads[2] == reads[4], reads
     assert sum(reads[4].values()) <= 3 * 2 + 2, reads[4]  # per epoch: the KL's finiteness and the schedule's step
 
 
 def test_disjoint_reads_the_host_only_for_its_rows_per_block(tiny_cfg, host_reads):
     """The documented exception: ``Blockwise`` (the disjoint networks) reads its rows per block once per call."""
-    trainer, _, batch = trainer_and_batch(tiny_cfg, "ablation=disjoint", "ppo.num_minibatches=4")
-    reads = host_reads(lambda: trainer.update(batch))
-    trainer.collector.shutdown()
+    runner, _, batch = runner_and_batch(tiny_cfg, "ablation=disjoint", "ppo.num_minibatches=4")
+    reads = host_reads(lambda: runner.update.epochs(batch))
+    runner.collector.shutdown()
     per_minibatch = {where for where, n in reads.items() if n >= 8}  # 2 epochs x 4 minibatches
     assert per_minibatch == {("nn.py", where[1], "tolist", True) for where in per_minibatch}, reads
 
@@ -81,9 +81,9 @@ def test_disjoint_reads_the_host_only_for_its_rows_per_block(tiny_cfg, host_read
 def test_collection_adds_no_host_read_of_ours(tiny_cfg, host_reads):
     """Collecting a batch: no host read in this library's code (TorchRL's collector and env reset logic read the
     done flags each step; see benchmarks/README.md)."""
-    trainer, batches, _ = trainer_and_batch(tiny_cfg)
-    reads = host_reads(lambda: trainer.prepare(next(batches)))
-    trainer.collector.shutdown()
+    runner, batches, _ = runner_and_batch(tiny_cfg)
+    reads = host_reads(lambda: runner.prepare(next(batches)))
+    runner.collector.shutdown()
     ours = {where: n for where, n in reads.items() if where[3]}
     assert not ours, ours
 
@@ -92,8 +92,8 @@ def test_collection_on_a_self_resetting_torch_env_reads_the_host_nowhere(tiny_cf
     """On an env that resets inside its step (the GPU check's pure-torch pendulum), collecting and preparing a batch
     makes no host read at all, TorchRL's collector included, across episode ends (5-step episodes, 3 batches of 4)."""
     env = ("env=torch_pendulum", "env.num_envs=12", "~env.make.create_env_kwargs", "+env.make.episode_length=5")
-    trainer, batches, _ = trainer_and_batch(tiny_cfg, *env)
-    reads = host_reads(lambda: [trainer.prepare(next(batches)) for _ in range(3)])
-    trainer.collector.shutdown()
-    assert trainer.episodes.sum() > 0
+    runner, batches, _ = runner_and_batch(tiny_cfg, *env)
+    reads = host_reads(lambda: [runner.prepare(next(batches)) for _ in range(3)])
+    runner.collector.shutdown()
+    assert runner.episodes.sum() > 0
     assert not reads, reads

@@ -10,8 +10,8 @@ import torch
 from tensordict import TensorDict
 
 from sapg_torchrl import BlockLayout, make_actor_critic
+from sapg_torchrl.training import StateReservoir
 from sapg_torchrl.metrics import (
-    StateReservoir,
     autoencoder_reconstruction_error,
     curve_area,
     final_performance,
@@ -167,11 +167,11 @@ def _rollouts(layout, T, iterations, obs_dim=2):
 
 def test_state_reservoir_keeps_capacity_states_of_one_block():
     layout = BlockLayout(num_envs=12, num_blocks=3)  # leader 2, 4 envs per block
-    trainer = _Trainer(layout=layout)
+    runner = _Trainer(layout=layout)
     leader, first, everyone = StateReservoir(50, seed=1), StateReservoir(50, seed=1, block=0), StateReservoir(50, block=None)
     for data in _rollouts(layout, T=5, iterations=20):
         for hook in (leader, first, everyone):
-            hook(trainer, data)
+            hook(runner, data)
     assert leader.seen == first.seen == 20 * 4 * 5 and everyone.seen == 20 * 12 * 5
     for reservoir, blocks in [(leader, {2}), (first, {0}), (everyone, {0, 1, 2})]:
         states = reservoir.states
@@ -226,22 +226,22 @@ def test_state_reservoir_save_and_resume(tmp_path):
 
 def test_state_reservoir_as_a_trainer_hook(tiny_cfg):
     """In a real (tiny) run, the leader's reservoir holds observations of the leader's envs only."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
-    trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
+    runner = build_runner(tiny_cfg("train.eval_interval=0"))
     leader_rows = []
     reservoir = StateReservoir(16)
-    L, B = trainer.layout.leader, trainer.layout.block_size
-    trainer.hooks += [reservoir, lambda t, data: leader_rows.append(data["observation"][L * B : (L + 1) * B].flatten(0, 1))]
-    trainer.train()
+    L, B = runner.layout.leader, runner.layout.block_size
+    runner.hooks += [reservoir, lambda t, data: leader_rows.append(data["observation"][L * B : (L + 1) * B].flatten(0, 1))]
+    runner.train()
     visited = {tuple(row) for row in torch.cat(leader_rows).tolist()}
     assert reservoir.seen == sum(rows.shape[0] for rows in leader_rows) > 16
     assert reservoir.states.shape[0] == 16
     assert all(tuple(row) in visited for row in reservoir.states.tolist())
-    entropy = per_block_entropy(trainer.actor, reservoir.states, trainer.layout.num_blocks)
-    kl = pairwise_block_kl(trainer.actor, reservoir.states, trainer.layout.num_blocks)
-    assert entropy.shape == (trainer.layout.num_blocks,) and torch.isfinite(entropy).all()
-    assert kl.shape == (trainer.layout.num_blocks,) * 2 and torch.isfinite(kl).all()
+    entropy = per_block_entropy(runner.actor, reservoir.states, runner.layout.num_blocks)
+    kl = pairwise_block_kl(runner.actor, reservoir.states, runner.layout.num_blocks)
+    assert entropy.shape == (runner.layout.num_blocks,) and torch.isfinite(entropy).all()
+    assert kl.shape == (runner.layout.num_blocks,) * 2 and torch.isfinite(kl).all()
 
 
 # ---------------------------------------------------------------------------------------------- policies

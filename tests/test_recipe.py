@@ -69,7 +69,7 @@ def test_bad_input_exits_with_one_line(bad_runs, override):
 
 def test_finished_run_is_skipped_and_kept(tmp_path, tiny_cfg):
     """Re-running a finished run (same config, same folder) returns its result and changes nothing."""
-    from sapg_torchrl.config import train
+    from sapg_torchrl.app.run import train
 
     run_dir = tmp_path / "run"
     first = train(tiny_cfg(), run_dir)
@@ -81,7 +81,7 @@ def test_finished_run_is_skipped_and_kept(tmp_path, tiny_cfg):
 
 def test_finished_run_with_other_config_is_refused(repo_root, tmp_path, tiny_cfg, tiny_overrides):
     """A folder holding a finished run of another config is refused, in-process and from the CLI; nothing changes."""
-    from sapg_torchrl.config import train
+    from sapg_torchrl.app.run import train
 
     run_dir = tmp_path / "run"
     train(tiny_cfg(), run_dir)
@@ -103,7 +103,7 @@ def test_interrupted_run_without_checkpoint_is_moved_aside_and_redone(tmp_path, 
     (one with a checkpoint resumes from it: tests/test_resume.py)."""
     import shutil
 
-    from sapg_torchrl.config import train
+    from sapg_torchrl.app.run import train
 
     run_dir = tmp_path / "run"
     train(tiny_cfg(), run_dir)
@@ -179,7 +179,7 @@ def test_a_missing_launcher_plugin_names_the_extra_to_install():
     from hydra.errors import MissingConfigException
 
     from sapg_torchrl.cli.checks import _message
-    from sapg_torchrl.schema import SCHEMAS
+    from sapg_torchrl.app.schema import SCHEMAS
 
     missing = MissingConfigException("In 'hydra/launcher/local': ...", "hydra/launcher/joblib")
     line = _message(missing, SCHEMAS["study"])

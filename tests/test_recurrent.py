@@ -8,7 +8,7 @@ from torchrl.modules import set_recurrent_mode
 from cue_recall import CueRecallEnv
 from sapg_torchrl import BlockLayout, ConfigError, make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
-from sapg_torchrl.config import build_trainer
+from sapg_torchrl.app.build import build_runner
 from sapg_torchrl.envs import make_sapg_env, track_recurrent_states
 from sapg_torchrl.targets import rollout_state_values
 
@@ -92,9 +92,9 @@ CUE_RECALL = (
 
 def late_eval_return(compose_cfg, *overrides, frames=96 * 8 * 150):
     cfg = compose_cfg(*CUE_RECALL, f"total_frames={frames}", *overrides)
-    trainer = build_trainer(cfg)
-    trainer.train()
-    return trainer.evaluate()["eval/return"]
+    runner = build_runner(cfg)
+    runner.train()
+    return runner.evaluator.submit(0, runner.actor)["eval/return"]
 
 
 @pytest.mark.slow  # about a minute; the exactness of the sequences is checked in the default suite

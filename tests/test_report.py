@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_OVERRIDES
-from sapg_torchrl.metrics import StateReservoir
+from sapg_torchrl.training import StateReservoir
 from sapg_torchrl.study import load_study, summarize, write_report
 
 PLOTS = ("learning_curves.png", "final_scores.png", "pca_curves.png", "probability_of_improvement.png")

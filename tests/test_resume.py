@@ -14,9 +14,9 @@ import torch
 from conftest import REPO, TINY_OVERRIDES
 
 from sapg_torchrl import ConfigError
-from sapg_torchrl.checkpoint import checkpoint_paths, load_newest_checkpoint, save_checkpoint
-from sapg_torchrl.config import train
-from sapg_torchrl.logging import CSVSink
+from sapg_torchrl.training.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from sapg_torchrl.app.run import train
+from sapg_torchrl.training.sinks import CSVSink
 
 POINT_MASS = (
     "env.make._target_=point_mass.PointMassEnv", "~env.make.env_name", "~env.make.create_env_kwargs",
@@ -118,7 +118,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     save_checkpoint({"iteration": 1}, tmp_path, 1)
     save_checkpoint({"iteration": 2}, tmp_path, 2)
     (tmp_path / "iter_000002.pt").write_bytes((tmp_path / "iter_000002.pt").read_bytes()[:50])  # truncated
-    path, state = load_newest_checkpoint(tmp_path)
+    path, state = load_checkpoint(tmp_path)
     assert path.name == "iter_000001.pt" and state["iteration"] == 1
     assert "iter_000002.pt is unreadable" in caplog.text and "using the previous one" in caplog.text
     assert (tmp_path / "iter_000002.pt").exists()  # left where it is
@@ -169,7 +169,7 @@ def test_a_folder_another_process_runs_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     hold = (
-        "import sys; from pathlib import Path; from sapg_torchrl.run_folder import hold_run_folder\n"
+        "import sys; from pathlib import Path; from sapg_torchrl.app.run_folder import hold_run_folder\n"
         f"with hold_run_folder(Path({str(run_dir)!r})):\n    print('held', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -231,7 +231,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_non_zero(tmp_path):
     ],
 )
 def test_bad_resume_inputs_are_refused(tiny_cfg, tmp_path, case, message):
-    from sapg_torchrl.run_folder import resume_config
+    from sapg_torchrl.app.run_folder import resume_config
 
     run_dir = tmp_path / "run"
     overrides = {"experiment": ["env.num_envs=24", "ablation=disjoint"], "lower_budget": ["total_frames=96"]}
@@ -282,6 +282,27 @@ def test_wandb_continues_the_same_run(tiny_cfg, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         train(cfg, tmp_path / "run")
     undo()
-    first = load_newest_checkpoint(tmp_path / "run" / "checkpoints")[1]["extra"]["wandb_run_id"]
+    first = load_checkpoint(tmp_path / "run" / "checkpoints")[1]["extra"]["wandb_run_id"]
     train(cfg, tmp_path / "run")
     assert final_state(tmp_path / "run")["extra"]["wandb_run_id"] == first
+
+
+def test_a_run_folder_written_before_the_restructuring_resumes_and_evaluates(tmp_path):
+    """``tests/data/run_0_1``: a finished 5-iteration run written by the code before the layered package (commit
+    ba6bdf4). Extended to 10 iterations by today's code, it continues with the rows that code wrote when it extended
+    the same folder (``run_0_1_extended_metrics.csv``), timing columns aside; ``evaluate_run`` reads it too."""
+    import shutil
+
+    from sapg_torchrl.app.run_folder import resume_config
+    from sapg_torchrl.app.trained_run import evaluate_run
+
+    folder = tmp_path / "run_0_1"
+    shutil.copytree(REPO / "tests" / "data" / "run_0_1", folder)
+    assert evaluate_run(folder, episodes=2)["blocks"][5]["completed"] == 2
+    train(resume_config(folder, ["total_frames=480"]), folder, resume=True)
+    got, want = rows(folder / "metrics.csv"), rows(REPO / "tests" / "data" / "run_0_1_extended_metrics.csv")
+    assert len(got) == len(want) == 10
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.keys() == theirs.keys()
+        for key in mine.keys() - TIMING:
+            assert float(mine[key] or "nan") == pytest.approx(float(theirs[key] or "nan"), rel=1e-4, abs=1e-6, nan_ok=True), key

@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sapg_torchrl.config import train
+from sapg_torchrl.app.run import train
+from sapg_torchrl.training.evaluation import BackgroundEvaluator, InlineEvaluator
 
 VARIANTS = {
     "sapg": ["ablation=sapg"],
@@ -73,15 +74,15 @@ def test_tiny_run_writes_its_folder(tiny_cfg, tmp_path, variant):
 @pytest.mark.parametrize("fidelity, leader", [("code", 5), ("paper", 0)])
 def test_evaluation_runs_the_leader(tiny_cfg, tmp_path, fidelity, leader):
     """The evaluation envs run the leader's block (last in the code, first in the paper), never block 0 by default."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
-    trainer = build_trainer(tiny_cfg(f"fidelity={fidelity}"), tmp_path)
-    assert trainer.layout.leader == leader
-    assert trainer.eval_env.reset()["block_id"].tolist() == [leader] * 2
-    assert trainer.env.reset()["block_id"].tolist() == [b // 2 for b in range(12)]
-    metrics = trainer.evaluate()
+    runner = build_runner(tiny_cfg(f"fidelity={fidelity}"), tmp_path)
+    assert runner.layout.leader == leader
+    assert runner.evaluator.env.reset()["block_id"].tolist() == [leader] * 2
+    assert runner.env.reset()["block_id"].tolist() == [b // 2 for b in range(12)]
+    metrics = runner.evaluator.submit(0, runner.actor)
     assert metrics["eval/episodes"] == 2 and math.isfinite(metrics["eval/return"])
-    trainer.collector.shutdown()
+    runner.collector.shutdown()
 
 
 def test_evaluation_stops_once_every_env_has_an_episode(tiny_cfg, tmp_path):
@@ -89,39 +90,39 @@ def test_evaluation_stops_once_every_env_has_an_episode(tiny_cfg, tmp_path):
     fewer steps: episodes of varying length (an untrained InvertedPendulum falls within a few dozen steps)."""
     from torchrl.envs import ExplorationType, set_exploration_type
 
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
     cfg = tiny_cfg("env.make.env_name=InvertedPendulum-v4", "env.make.create_env_kwargs.max_episode_steps=1000",
                    "env.eval_envs=4", "env.eval_steps=400")  # fmt: skip
-    full, early = build_trainer(cfg, tmp_path / "a"), build_trainer(cfg, tmp_path / "b")
+    full, early = build_runner(cfg, tmp_path / "a"), build_runner(cfg, tmp_path / "b")
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = full.eval_env.rollout(400, full.actor, break_when_any_done=False)
+        rollout = full.evaluator.env.rollout(400, full.actor, break_when_any_done=False)
     done = rollout["next", "done"].squeeze(-1)
     first = rollout["next", "episode_reward"].squeeze(-1).gather(-1, done.int().argmax(-1, keepdim=True))
     assert done.any(-1).all() and len(set(done.int().argmax(-1).tolist())) > 1  # every env fell, not all at once
     steps = []
-    step = early.eval_env.step
-    early.eval_env.step = lambda td: steps.append(1) or step(td)
-    metrics = early.evaluate()
+    step = early.evaluator.env.step
+    early.evaluator.env.step = lambda td: steps.append(1) or step(td)
+    metrics = early.evaluator.submit(0, early.actor)
     assert metrics == {"eval/return": pytest.approx(first.mean().item()), "eval/episodes": 4.0}
     assert len(steps) == done.int().argmax(-1).max() + 1  # up to the last env's first episode end, no further
-    for trainer in (full, early):
-        trainer.collector.shutdown()
+    for runner in (full, early):
+        runner.collector.shutdown()
 
 
 def test_background_evaluation_gives_the_inline_numbers(tiny_cfg, tmp_path):
     """``train.eval_async``: the child process's evaluations are the inline ones (same envs, same weights), and every
     iteration's metrics reach the sinks in order with its own evaluation, as inline."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
     rows = {}
     for background in (False, True):
         cfg = tiny_cfg(f"train.eval_async={background}", "total_frames=240", "train.eval_interval=2")
-        trainer = build_trainer(cfg, tmp_path / str(background))
-        assert (trainer.eval_env is None) == background and (trainer.evaluator is None) != background
+        runner = build_runner(cfg, tmp_path / str(background))
+        assert isinstance(runner.evaluator, BackgroundEvaluator if background else InlineEvaluator)
         logged = rows[background] = []
-        trainer.sinks.append(lambda m, i, logged=logged: logged.append((i, {k: v for k, v in m.items() if "eval/" in k})))
-        trainer.train()
+        runner.sinks.append(lambda m, i, logged=logged: logged.append((i, {k: v for k, v in m.items() if "eval/" in k})))
+        runner.train()
     assert [i for i, row in rows[False] if row] == [1, 2, 4, 5]
     assert rows[True] == rows[False]
 
@@ -131,7 +132,7 @@ def test_background_evaluation_that_dies_stops_the_run_in_one_line():
     import functools
 
     from sapg_torchrl import make_actor_critic
-    from sapg_torchrl.evaluator import BackgroundEvaluator
+    from sapg_torchrl.training.evaluation import BackgroundEvaluator
 
     actor, _ = make_actor_critic(3, 1, num_blocks=2, hidden=(8,))
     evaluator = BackgroundEvaluator(functools.partial(int, "not an env"), actor, 10)
@@ -181,36 +182,36 @@ def test_block_return_waits_for_every_env_of_the_block(tiny_cfg):
     import torch
     from tensordict import TensorDict
 
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
 
-    trainer = build_trainer(tiny_cfg())
-    trainer.collector.shutdown()
-    B = trainer.layout.block_size
-    trainer.last_return[:B] = torch.arange(B, dtype=torch.float32) + 1  # block 0: every env finished one
-    trainer.last_return[B] = 100.0  # block 1: one env finished, the others not yet
-    metrics = trainer._iteration_metrics(TensorDict({}, []))
+    runner = build_runner(tiny_cfg())
+    runner.collector.shutdown()
+    B = runner.layout.block_size
+    runner.last_return[:B] = torch.arange(B, dtype=torch.float32) + 1  # block 0: every env finished one
+    runner.last_return[B] = 100.0  # block 1: one env finished, the others not yet
+    metrics = runner._iteration_metrics(TensorDict({}, []))
     assert metrics["return/per_block/0"] == pytest.approx((B + 1) / 2)
     assert math.isnan(metrics["return/per_block/1"])
     assert math.isnan(metrics["return/all"]) and math.isnan(metrics["return/leader"])
-    trainer.last_return[:] = 2.0
-    metrics = trainer._iteration_metrics(TensorDict({}, []))
+    runner.last_return[:] = 2.0
+    metrics = runner._iteration_metrics(TensorDict({}, []))
     assert metrics["return/all"] == metrics["return/leader"] == 2.0
 
 
 def test_divergence_stops_with_a_message_naming_the_iteration(tiny_cfg, monkeypatch):
     """Non-finite losses stop the run with one line naming the iteration and the importance ratios."""
-    from sapg_torchrl.config import build_trainer
+    from sapg_torchrl.app.build import build_runner
     from sapg_torchrl.loss import SAPGLoss
 
     forward = SAPGLoss.forward
     monkeypatch.setattr(SAPGLoss, "forward", lambda self, td: forward(self, td).set("kl_approx", torch.tensor(math.nan)))
-    trainer = build_trainer(tiny_cfg("train.eval_interval=0"))
+    runner = build_runner(tiny_cfg("train.eval_interval=0"))
     with pytest.raises(FloatingPointError, match=r"training diverged at iteration 1: the policy's KL is nan .*is_ratio_max"):
-        trainer.train()
+        runner.train()
     # one block, no relabelled rows: no hint about their importance ratios
-    trainer = build_trainer(tiny_cfg("train.eval_interval=0", "ablation=no_split"))
+    runner = build_runner(tiny_cfg("train.eval_interval=0", "ablation=no_split"))
     with pytest.raises(FloatingPointError) as error:
-        trainer.train()
+        runner.train()
     assert str(error.value) == "training diverged at iteration 1: the policy's KL is nan (non-finite losses)"
 
 

@@ -71,7 +71,7 @@ for argv in (["ablation=typo"], ["ablation=two_followers", "sapg.off_policy_rati
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from sapg_torchrl.config import train
+from sapg_torchrl.app.run import train
 
 task = [
     "env.make.env_name=Pendulum-v1", "env.num_envs=96", "env.eval_envs=6", "env.eval_steps=200",

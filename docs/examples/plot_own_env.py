@@ -5,12 +5,12 @@ Plugging in your own batched env
 SAPG needs a *batched* TorchRL env: one :class:`~torchrl.envs.EnvBase` whose batch size is ``[N]``, with an
 ``"observation"`` entry, a bounded continuous action and ``done``/``terminated``/``truncated`` flags, resetting
 only the envs that finished (``"_reset"``). That is what GPU simulators (IsaacGym, Isaac Lab, Brax) and envpool
-give; here a task written in a few lines of torch, then trained with the library's trainer.
+give; here a task written in a few lines of torch, then trained with the library's runner.
 """
 
 # %%
 # The task: ``N`` points in the plane each chase their own random target. An episode lasts 40 steps and
-# ends by time-out, a *truncation*: the trainer bootstraps the value of the last state.
+# ends by time-out, a *truncation*: the update bootstraps the value of the last state.
 import matplotlib.pyplot as plt
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -63,13 +63,13 @@ class ReachEnv(EnvBase):
 check_env_specs(ReachEnv(12))  # TorchRL's own check that the specs and the data agree
 
 # %%
-# Train it with the recipe's config and trainer. ``make_env`` replaces the config's ``env.make`` (which takes
+# Train it with the recipe's config and runner. ``make_env`` replaces the config's ``env.make`` (which takes
 # an import path, for the command line: ``env.make._target_=my_package.ReachEnv``); every other setting comes
 # from the config, validated by its schema, here with a smaller network and batch than the default task's.
 from hydra import compose, initialize_config_dir
 
 from sapg_torchrl.cli import CONFIG_DIR
-from sapg_torchrl.config import build_trainer
+from sapg_torchrl.app.build import build_runner
 
 overrides = [
     "env.num_envs=192", "env.eval_envs=12", "env.eval_steps=40", "ppo.horizon=8", "total_frames=46080",
@@ -79,9 +79,9 @@ overrides = [
 with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
     cfg = compose("sapg", overrides=overrides)
 rows = []
-trainer = build_trainer(cfg, make_env=ReachEnv, sinks=[lambda metrics, iteration: rows.append(dict(metrics))])
-result = trainer.train()
-print(f"{trainer.frames} frames, leader's return {result['return/leader']:.2f}, evaluation {result['eval/return']:.2f}")
+runner = build_runner(cfg, make_env=ReachEnv, sinks=[lambda metrics, iteration: rows.append(dict(metrics))])
+result = runner.train()
+print(f"{runner.frames} frames, leader's return {result['return/leader']:.2f}, evaluation {result['eval/return']:.2f}")
 
 # %%
 # The leader's and the followers' returns per iteration, and the leader's deterministic evaluation.

@@ -2,21 +2,18 @@
 the installed package; ``recipes/*.py`` run the same from a checkout).
 
 Their Hydra configs are the package's ``configs/`` folder (:data:`CONFIG_DIR`) on top of the schema of
-:mod:`sapg_torchrl.schema`; ``--config-dir <folder>`` adds a folder of your own (e.g. ``ablation/mine.yaml``).
+:mod:`sapg_torchrl.app.schema`; ``--config-dir <folder>`` adds a folder of your own (e.g. ``ablation/mine.yaml``).
 Importing this package registers the schemas and the ``${sapg_env_preset:}`` resolver.
 """
 
 from pathlib import Path
 
 from sapg_torchrl.cli.checks import register_resolvers
-from sapg_torchrl.schema import register_schemas
+from sapg_torchrl.app.schema import register_schemas
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The recipes' Hydra configs: ``sapg.yaml``, ``study.yaml``, ``evaluate.yaml`` and the groups ``env``,
 ``fidelity``, ``ablation``."""
-
-GROUPS = ("ablation", "env", "fidelity")
-"""The config groups a user chooses from on the command line."""
 
 register_schemas()
 register_resolvers()

@@ -91,7 +91,7 @@ def _message(err: Exception, root) -> str:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-    from sapg_torchrl.schema import accepted, settings_under
+    from sapg_torchrl.app.schema import accepted, settings_under
 
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, _, choice = err.missing_cfg_file.rpartition("/")
@@ -134,7 +134,7 @@ def _overridden_ablation_setting(cfg, ablation: str, variant: list[str], search:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from sapg_torchrl.run_folder import flat_settings
+    from sapg_torchrl.app.run_folder import flat_settings
 
     # the ablation's file alone, with its own defaults, wherever on the search path (--config-dir) it is
     ConfigStore.instance().store(name=_ABLATION_ONLY, node={"defaults": [{"ablation": "sapg"}, "_self_"]})
@@ -169,7 +169,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
     """Exits with status 2 and one line (``error: ...``) if the config a recipe's command line asks for would be
     refused, before Hydra creates any folder or anything is built.
 
-    The config is composed (on its schema, see :mod:`sapg_torchrl.schema`) once per value of every sweep, so
+    The config is composed (on its schema, see :mod:`sapg_torchrl.app.schema`) once per value of every sweep, so
     each value of ``ablation=sapg,foo`` or ``ppo.lr=1e-3,abc`` is checked. Refused: an unknown group option
     (``ablation=foo``), an unknown setting (``ppo.lrr=1``), a value of the wrong type (``ppo.lr=abc``) or out of
     range (``ppo.lr=-0.1``), a setting that changes what the chosen ablation sets (``ablation=no_split
@@ -183,7 +183,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from sapg_torchrl.cli import CONFIG_DIR
-    from sapg_torchrl.schema import SCHEMAS, validate
+    from sapg_torchrl.app.schema import SCHEMAS, validate
 
     if any(arg.partition("=")[0] in _INFO_FLAGS for arg in argv):
         return

@@ -7,7 +7,7 @@
 Prints each block's mean return (and success rate where the task reports one) over one episode on each of
 ``episodes`` fresh envs, and writes them to ``<run>/eval.json`` (an earlier ``eval.json`` is kept as
 ``eval.previous[-n].json``). ``video=true`` renders one episode to ``<run>/videos/*.gif`` where gymnasium can
-render the task (see ``sapg_torchrl.evaluation``). Bad input exits with status 2 and a one-line message.
+render the task (see ``sapg_torchrl.app.trained_run``). Bad input exits with status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
 
 
 def run(cfg: DictConfig) -> dict:
-    from sapg_torchrl.evaluation import evaluate_run, record_video
-    from sapg_torchrl.logging import aside
+    from sapg_torchrl.app.trained_run import evaluate_run, record_video
+    from sapg_torchrl.training.sinks import aside
 
     with exit_on_config_error():
         result = evaluate_run(

@@ -30,9 +30,9 @@ from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
 def run(cfg: DictConfig) -> dict:
     """The job: one training run in Hydra's output folder (also the study's job, see :mod:`sapg_torchrl.cli.study`),
     or, with ``resume=<run folder>``, the continuation of that run in its own folder."""
-    from sapg_torchrl.config import train
+    from sapg_torchrl.app.run import train
     from sapg_torchrl.errors import Preempted
-    from sapg_torchrl.run_folder import resume_config
+    from sapg_torchrl.app.run_folder import resume_config
 
     hydra_cfg = HydraConfig.get()
     runtime, choices = hydra_cfg.runtime, hydra_cfg.runtime.choices
@@ -74,7 +74,7 @@ _hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name="sapg", versio
 
 NOT_MAIN_RANK = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 """Under ``torchrun`` every rank but 0 runs Hydra with these: no folder, no log file (rank 0's run folder is the
-run's, see :func:`sapg_torchrl.config.train`)."""
+run's, see :func:`sapg_torchrl.app.run.train`)."""
 
 
 def main() -> None:

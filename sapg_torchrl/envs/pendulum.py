@@ -32,7 +32,7 @@ class TorchPendulumEnv(EnvBase):
     Resets are native (``_torchrl_native_autoreset``): an env whose episode ends restarts inside the same step,
     and its ``("next", "observation")`` is the first observation of the new episode. TorchRL then sets that
     next observation to NaN in the rollout (the final observation is not kept) and carries the new one to the
-    next step; SAPG's trainer bootstraps such a truncated step from ``V(s_t)`` (see
+    next step; SAPG's update bootstraps such a truncated step from ``V(s_t)`` (see
     :func:`~sapg_torchrl.targets.fill_lost_final_observations`), the released code's time-out handling.
 
     Args:

@@ -5,15 +5,15 @@ exploration diversity, and aggregates across seeds.
   area under the curve, frames to a threshold).
 - :mod:`~sapg_torchrl.metrics.aggregate`: across seeds, rliable's IQM and probability of improvement with
   stratified-bootstrap confidence intervals (needs ``rliable``, imported on first use).
-- :mod:`~sapg_torchrl.metrics.diversity`: a state reservoir hook for the trainer, PCA and autoencoder
+- :mod:`~sapg_torchrl.metrics.diversity`: the states a run visited, PCA and autoencoder
   reconstruction errors of visited states, per-block entropy and pairwise KL between block policies.
 """
 
 from sapg_torchrl.metrics.aggregate import iqm_with_ci, probability_of_improvement
 from sapg_torchrl.metrics.diversity import (
-    StateReservoir,
     autoencoder_reconstruction_error,
     curve_area,
+    load_states,
     pairwise_block_kl,
     pca_reconstruction_error,
     per_block_entropy,
@@ -21,12 +21,12 @@ from sapg_torchrl.metrics.diversity import (
 from sapg_torchrl.metrics.performance import final_performance, frames_to_threshold, normalized_auc
 
 __all__ = [
-    "StateReservoir",
     "autoencoder_reconstruction_error",
     "curve_area",
     "final_performance",
     "frames_to_threshold",
     "iqm_with_ci",
+    "load_states",
     "normalized_auc",
     "pairwise_block_kl",
     "pca_reconstruction_error",

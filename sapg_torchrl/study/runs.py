@@ -4,7 +4,7 @@ A study folder is what ``recipes/study.py`` writes: ``<folder>/<ablation>/seed<k
 ``config.yaml``, ``metrics.csv``, ``result.json`` (once finished, or once diverged) and ``states.pt`` (with
 ``train.record_states``). :func:`load_study` reads them into a :class:`Study` of :class:`Run` objects.
 
-A run that diverged (``result.json`` with ``diverged: true``, see :func:`sapg_torchrl.config.train`) is a
+A run that diverged (``result.json`` with ``diverged: true``, see :func:`sapg_torchrl.app.run.train`) is a
 result, not missing data: from the iteration it diverged on, its leader return is taken as the task's
 minimum, the lowest leader return any run of the study logged (:attr:`Study.floor`).
 """

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from sapg_torchrl.metrics import (
-    StateReservoir,
     autoencoder_reconstruction_error,
     curve_area,
     final_performance,
     frames_to_threshold,
     iqm_with_ci,
+    load_states,
     normalized_auc,
     pca_reconstruction_error,
     probability_of_improvement,
@@ -156,7 +156,7 @@ def _diversity(study: Study, seed: int, max_states: int | None, ae_epochs: int, 
         for run in runs:
             if run.states_path is None:
                 continue
-            s = StateReservoir.load(run.states_path).states
+            s = load_states(run.states_path)
             if s.numel():
                 states.append(s.reshape(s.shape[0], -1).to(torch.float64).cpu())
         if states:

@@ -43,7 +43,7 @@ BACKENDS = ("auto", "nccl", "gloo")
 
 
 class Ranks:
-    """The processes of one run and the reductions the trainer needs; ``world_size == 1`` reduces nothing.
+    """The processes of one run and the reductions the training loop needs; ``world_size == 1`` reduces nothing.
 
     Args:
         rank (int): this process's rank. Defaults to ``0``.

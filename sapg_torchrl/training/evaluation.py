@@ -1,5 +1,7 @@
-"""The in-loop evaluation of the leader: the measurement itself, and a child process that runs it on a copy of the
-weights while training goes on (``train.eval_async``).
+"""Evaluation of a policy on fresh envs: the measurement (each env's first complete episode, deterministic
+actions), in the training loop (:class:`InlineEvaluator`) or in a child process on a copy of the weights while
+training goes on (:class:`BackgroundEvaluator`, ``train.eval_async``); the offline evaluation of a trained run
+(:func:`sapg_torchrl.app.trained_run.evaluate_run`) reads its episodes with :func:`at_episode_end` too.
 
 Why a process of our own: TorchRL's rollout steps a batched env one step at a time through its transforms and the
 policy's tensordict modules, a few milliseconds per step on a CPU whatever the number of eval envs; an evaluation
@@ -14,23 +16,60 @@ import queue
 from collections.abc import Callable
 
 import torch
+from tensordict import TensorDictBase
 from torch import multiprocessing, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
 from sapg_torchrl.envs.factory import track_recurrent_states
 
-__all__ = ["BackgroundEvaluator", "evaluate_leader"]
+__all__ = ["BackgroundEvaluator", "InlineEvaluator", "at_episode_end", "evaluate_leader", "rollout_episodes"]
+
+
+def at_episode_end(data: TensorDictBase, key="episode_reward", *, last: bool = False):
+    """``data["next", key]`` of each env at the end of its first (``last``: last) episode that ends in the ``[N, T]``
+    rollout ``data``, and whether one ended; the value is NaN (or the dtype's zero) where none did.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> done = torch.tensor([[False, True, True], [False, False, False]])[..., None]
+        >>> reward = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])[..., None]
+        >>> data = TensorDict(next=TensorDict(done=done, episode_reward=reward, batch_size=[2, 3]), batch_size=[2, 3])
+        >>> at_episode_end(data)
+        (tensor([2., nan]), tensor([ True, False]))
+        >>> at_episode_end(data, last=True)[0]
+        tensor([3., nan])
+    """
+    done = data.get(("next", "done")).squeeze(-1)
+    if last:
+        steps = torch.arange(done.shape[-1], device=done.device)
+        index = (done * steps).argmax(-1)
+    else:
+        index = done.int().argmax(-1)
+    ended = done.any(-1)
+    values = data.get(("next", key)).reshape(done.shape).gather(-1, index[:, None]).squeeze(-1)
+    if values.is_floating_point():
+        values = torch.where(ended, values, torch.full_like(values, float("nan")))
+    return values, ended
+
+
+@torch.no_grad()
+def rollout_episodes(env: EnvBase, policy, steps: int, deterministic: bool = True) -> TensorDictBase:
+    """Runs ``policy`` on ``env`` (fresh envs) until each env has completed an episode, at most ``steps`` steps: the
+    ``[N, <= steps]`` rollout. TorchRL's ``rollout(break_when_all_done=True)`` stops each env at the end of its first
+    episode and the rollout once all have ended (one host read per step): the steps after that would not change
+    :func:`at_episode_end`, and on a task solved in short episodes they were most of its cost."""
+    exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
+    with set_exploration_type(exploration):
+        return env.rollout(steps, policy, break_when_any_done=False, break_when_all_done=True)
 
 
 @torch.no_grad()
 def evaluate_leader(env: EnvBase, policy, steps: int) -> dict[str, float]:
     """Runs ``policy`` deterministically on ``env`` (fresh envs of the leader's block) until each env has completed an
-    episode, at most ``steps`` steps.
+    episode, at most ``steps`` steps (:func:`rollout_episodes`).
 
     Returns the mean return of each env's first complete episode (``eval/return``) and the number of envs that
-    completed one (``eval/episodes``). TorchRL's ``rollout(break_when_all_done=True)`` stops each env at the end of
-    its first episode and the rollout once all have ended (one host read per step): the steps after that would not
-    change the result, and on a task solved in short episodes they were most of its cost.
+    completed one (``eval/episodes``).
 
     Examples:
         >>> from sapg_torchrl import BlockLayout, make_actor_critic
@@ -40,14 +79,28 @@ def evaluate_leader(env: EnvBase, policy, steps: int) -> dict[str, float]:
         >>> evaluate_leader(env, actor, 200)["eval/episodes"]
         4.0
     """
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(steps, policy, break_when_any_done=False, break_when_all_done=True)
-    done = rollout.get(("next", "done")).squeeze(-1)
-    first = done.int().argmax(-1, keepdim=True)
-    finished = done.any(-1)
-    returns = rollout.get(("next", "episode_reward")).squeeze(-1).gather(-1, first).squeeze(-1)
-    returns = torch.where(finished, returns, torch.full_like(returns, float("nan")))
+    returns, finished = at_episode_end(rollout_episodes(env, policy, steps))
     return {"eval/return": float(returns.nanmean()), "eval/episodes": float(finished.sum())}
+
+
+class InlineEvaluator:
+    """Evaluates the leader in the training process (:func:`evaluate_leader` on ``env``), blocking the loop.
+
+    Args:
+        env (EnvBase): fresh envs of the leader's block.
+        policy: the actor (or its compiled version).
+        steps (int): the most steps of an evaluation.
+    """
+
+    def __init__(self, env: EnvBase, policy, steps: int):
+        self.env, self.policy, self.steps = env, policy, steps
+
+    def submit(self, iteration: int, actor: nn.Module) -> dict[str, float]:
+        """Evaluates the policy now; returns its metrics."""
+        return evaluate_leader(self.env, self.policy, self.steps)
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 def _serve(make_env: Callable[[], EnvBase], actor: nn.Module, steps: int, requests, results) -> None:
@@ -101,7 +154,8 @@ class BackgroundEvaluator:
         self._done: dict[int, dict[str, float]] = {}
 
     def submit(self, iteration: int, actor: nn.Module) -> None:
-        """Evaluates ``actor``'s current weights (copied now) as those of ``iteration``."""
+        """Evaluates ``actor``'s current weights (copied now) as those of ``iteration``; the metrics come from
+        :meth:`result`."""
         if self._pending is not None:
             self._receive(block=True)
         weights = {name: value.detach().to("cpu", copy=True) for name, value in actor.state_dict().items()}

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHECKPOINT_PATTERN", "checkpoint_paths", "load_newest_checkpoint", "save_checkpoint"]
+from sapg_torchrl.errors import ConfigError
+
+__all__ = ["CHECKPOINT_PATTERN", "checkpoint_paths", "load_checkpoint", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +72,30 @@ def save_checkpoint(state: dict, folder: str | Path, iteration: int, *, final: b
     return path
 
 
-def load_newest_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint of ``folder`` that loads, with its state; ``None`` if there is none.
+def load_checkpoint(folder: str | Path, choice: str | Path | None = None) -> tuple[Path, dict] | None:
+    """A checkpoint of ``folder`` (a run's ``checkpoints/``) with its state, loaded on the CPU.
 
-    A checkpoint that does not load (truncated, corrupt) is reported in one warning line and the previous one
-    is tried; the bad file is left where it is.
+    ``choice`` ``None``: the newest checkpoint that loads, ``None`` if there is none; one that does not load
+    (truncated, corrupt) is reported in one warning line and the previous one is tried; the bad file is left where it
+    is. Otherwise ``choice`` names a file of ``folder`` or a path: :class:`ConfigError` naming it if it is missing or
+    unreadable.
     """
-    for path in reversed(checkpoint_paths(folder)):
-        try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001 (any unreadable file: fall back to the previous one)
-            log.warning("checkpoint %s is unreadable (%s: %s): using the previous one", path, type(error).__name__,
-                        str(error).splitlines()[0] if str(error) else "")  # fmt: skip
-    return None
+    folder = Path(folder)
+    if choice is None:
+        for path in reversed(checkpoint_paths(folder)):
+            try:
+                return path, torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as error:  # noqa: BLE001 (any unreadable file: fall back to the previous one)
+                log.warning("checkpoint %s is unreadable (%s: %s): using the previous one", path, type(error).__name__,
+                            str(error).splitlines()[0] if str(error) else "")  # fmt: skip
+        return None
+    path = Path(choice)
+    if not path.is_absolute() and not path.exists():
+        path = folder / choice
+    if not path.is_file():
+        names = sorted(p.name for p in folder.glob("*.pt"))
+        raise ConfigError(f"checkpoint={choice}: no such file; {folder} holds {names or 'none'}")
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 (any unreadable file gets the same one line)
+        raise ConfigError(f"checkpoint={path}: unreadable ({type(error).__name__})") from None

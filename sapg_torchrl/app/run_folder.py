@@ -1,6 +1,6 @@
 """A run's folder: what a run writes there, whether a new command is the same experiment as the run it holds, and
 what running again does with it (skip a finished run, resume or extend it from a checkpoint, or set an
-unfinished one aside and start again), and which process may write it. :func:`sapg_torchrl.config.train` takes
+unfinished one aside and start again), and which process may write it. :func:`sapg_torchrl.app.run.train` takes
 the folder (:func:`hold_run_folder`), then calls :func:`prepare_run_dir`."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sapg_torchrl.checkpoint import load_newest_checkpoint
+from sapg_torchrl.app.schema import SAPGConfig, StudyConfig, accepted, validate
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.logging import aside
-from sapg_torchrl.schema import SAPGConfig, StudyConfig, accepted, validate
+from sapg_torchrl.training.checkpoint import load_checkpoint
+from sapg_torchrl.training.sinks import aside
 
 __all__ = [
     "NOT_THE_EXPERIMENT", "RunStart", "experiment_changes", "flat_settings", "hold_run_folder", "prepare_run_dir",
@@ -121,13 +121,13 @@ def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool = False) -> Run
         result = json.loads((run_dir / RESULT_FILE).read_text())
         if result.get("diverged") or float(config["total_frames"]) <= float(saved["total_frames"]):
             return RunStart(result=result)
-        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
+        checkpoint = load_checkpoint(run_dir / "checkpoints")
         if checkpoint is None:
             raise ConfigError(f"run folder {run_dir} has no readable checkpoint: it cannot be extended")
         (run_dir / RESULT_FILE).rename(aside(run_dir / RESULT_FILE, f"iter_{checkpoint[1]['iteration']:06d}"))
         return RunStart(checkpoint=checkpoint)
     if (run_dir / "metrics.csv").exists():
-        checkpoint = load_newest_checkpoint(run_dir / "checkpoints")
+        checkpoint = load_checkpoint(run_dir / "checkpoints")
         if checkpoint is not None:
             return RunStart(checkpoint=checkpoint)
         if resume:

@@ -24,33 +24,17 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
+from sapg_torchrl.app.build import Agent, build_agent, simulator_factory
 from sapg_torchrl.blocks import BlockLayout
-from sapg_torchrl.checkpoint import load_newest_checkpoint
-from sapg_torchrl.config import Agent, build_agent, device_of, simulator_factory
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.training.checkpoint import load_checkpoint
+from sapg_torchrl.training.device import device_of
+from sapg_torchrl.training.evaluation import at_episode_end
 
 __all__ = ["RENDERABLE_PRESETS", "evaluate_run", "load_run", "record_video"]
 
 RENDERABLE_PRESETS = ("mountaincar", "halfcheetah", "ant", "humanoid")
-
-
-def _load_checkpoint(run_dir: Path, checkpoint: str | None) -> tuple[Path, dict]:
-    if checkpoint is None:
-        found = load_newest_checkpoint(run_dir / "checkpoints")
-        if found is None:
-            raise ConfigError(f"run={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
-        return found
-    path = Path(checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = run_dir / "checkpoints" / checkpoint
-    if not path.is_file():
-        names = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
-        raise ConfigError(f"checkpoint={checkpoint}: no such file; {run_dir / 'checkpoints'} holds {names or 'none'}")
-    try:
-        return path, torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 (any unreadable file gets the same one line)
-        raise ConfigError(f"checkpoint={path}: unreadable ({type(error).__name__})") from None
 
 
 def load_run(run_dir: str | Path, checkpoint: str | None = None) -> tuple[DictConfig, Path, dict]:
@@ -59,7 +43,10 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> tuple[DictCo
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"run={run_dir}: not a run folder (no config.yaml)")
-    path, state = _load_checkpoint(run_dir, checkpoint)
+    found = load_checkpoint(run_dir / "checkpoints", checkpoint)
+    if found is None:
+        raise ConfigError(f"run={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
+    path, state = found
     return OmegaConf.load(run_dir / "config.yaml"), path, state
 
 
@@ -129,11 +116,8 @@ def evaluate_run(
     with set_exploration_type(exploration):
         rollout = env.rollout(cfg.env.eval_steps, agent.actor, break_when_any_done=False)
     env.close()
-    done = rollout.get(("next", "done")).squeeze(-1)
-    first = done.int().argmax(-1)
-    finished = done.any(-1)
-    returns = rollout.get(("next", "episode_reward")).squeeze(-1).gather(-1, first[:, None]).squeeze(-1)
-    success = rollout.get(("next", "success"), None)
+    returns, finished = at_episode_end(rollout)
+    success = at_episode_end(rollout, "success")[0] if ("next", "success") in rollout.keys(True) else None
     out = {}
     for i, block in enumerate(chosen):
         rows = slice(i * episodes, (i + 1) * episodes)
@@ -141,7 +125,7 @@ def evaluate_run(
         values = returns[rows][completed]
         rate = None
         if success is not None:
-            hit = success.reshape(done.shape)[rows].gather(-1, first[rows, None]).squeeze(-1)[completed]
+            hit = success[rows][completed]
             rate = float(hit.float().mean()) if hit.numel() else math.nan
         out[block] = {
             "return_mean": float(values.mean()) if values.numel() else math.nan,

@@ -1,0 +1,286 @@
+"""The update of one SAPG iteration, shared by the method and every ablation: from a ``[N, T]`` rollout to new
+parameters.
+
+:meth:`PPOUpdate.make_batch`: GAE per env under its own block's critic (or the paper's n-step target), the
+relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`, the advantages standardised once, the value
+normaliser updated on the targets. :meth:`PPOUpdate.learn`: ``epochs`` passes of shuffled minibatches through
+:class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
+(:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL; with the loss's
+``kl_reference="previous_epoch"`` the KL is to the policy of the previous epoch, as in rl_games), then the
+observation normaliser takes in the rollout. An epoch is ``floor(rows / minibatch_size)`` minibatches, the remainder
+merged into the last (rl_games' partition), or a fixed ``num_minibatches`` (rsl_rl's and CleanRL's convention), so
+that variants with more rows per iteration take no more optimizer steps. A recurrent policy (a TorchRL
+``LSTMModule`` inside) trains on minibatches of whole ``T``-step env sequences instead of shuffled rows, recomputed
+from the hidden states stored at their start.
+
+Everything stays on the policy's device: no host read per minibatch, one per epoch (the learning rate's KL, which
+also checks that the losses are finite). Over several processes (``ranks``) the gradients are averaged every
+minibatch, and the advantage standardisation, the normalisers' statistics and the KL are global.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
+from torchrl.modules.value_norm import ValueNorm
+from torchrl.objectives import KLAdaptiveLR
+from torchrl.objectives.value import GAE
+
+from sapg_torchrl.aggregation import Aggregator
+from sapg_torchrl.blocks import BlockLayout
+from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.targets import (
+    ADVANTAGE_NORMS,
+    fill_lost_final_observations,
+    n_step_return,
+    rollout_state_values,
+    standardize_advantage,
+)
+from sapg_torchrl.training.distributed import SINGLE, Ranks, update_running_norm
+from sapg_torchrl.training.settings import LR_BOUNDS, LR_FACTOR, PPOSettings, TrainSettings, check
+
+__all__ = ["PPOUpdate", "minibatch_sizes"]
+
+
+def minibatch_sizes(units: int, *, size: int | None = None, count: int | None = None) -> list[int]:
+    """How an epoch splits ``units`` shuffled rows (or sequences) into minibatches.
+
+    With ``size`` (rl_games): ``floor(units / size)`` minibatches of ``size``, the remainder merged into the
+    last (at least one minibatch). With ``count`` (rsl_rl, CleanRL): ``count`` minibatches of
+    ``floor(units / count)``, the remainder merged into the last.
+
+    Examples:
+        >>> minibatch_sizes(28672, size=6144)  # sapg on the MountainCar preset: 4 steps, as rl_games
+        [6144, 6144, 6144, 10240]
+        >>> minibatch_sizes(49152, count=4)  # symmetric: twice the rows, still 4 steps
+        [12288, 12288, 12288, 12288]
+    """
+    if (size is None) == (count is None):
+        raise ValueError("give exactly one of size and count")
+    if count is None:
+        count = max(1, units // size)
+        size = min(size, units)
+    elif not 1 <= count <= units:
+        raise ConfigError(f"num_minibatches={count} is not accepted for {units} rows (or sequences): use 1..{units}")
+    else:
+        size = units // count
+    return [size] * (count - 1) + [units - size * (count - 1)]
+
+
+class PPOUpdate:
+    """The batch and the optimisation of one iteration (see the module's text): targets, relabelled rows, advantage
+    standardisation, normalisers, and the epochs of minibatch steps with Adam and the adaptive learning rate.
+
+    Args:
+        loss (SAPGLoss): the loss; it holds every parameter and normaliser statistic, and its ``tensor_keys`` name
+            the data's keys.
+        layout (BlockLayout): the block layout of this process's envs.
+        ppo (PPOSettings): the update's settings (horizon, epochs, minibatches, learning rate, targets, ...).
+        train (TrainSettings): how it runs (``compile``, ``precision``).
+
+    Keyword Args:
+        advantage_norm (str): ``"global"`` (code: once over the augmented batch), ``"per_block"`` or ``"none"``.
+        aggregator (Aggregator, optional): the relabelled rows; ``None`` for none.
+        value_norm (ValueNorm, optional): updated once per iteration with the batch's value targets.
+        observation_norm (ValueNorm, optional): updated once per iteration, after the update, with the rollout's
+            observations.
+        device: where the batch lives.
+        seed (int): seeds the minibatch shuffles.
+        ranks (Ranks): the processes of a data-parallel run (:mod:`sapg_torchrl.training.distributed`). Defaults to
+            one process.
+
+    Attributes:
+        optimizer_steps (int): the minibatch steps taken so far (a host counter: no device read).
+
+    Examples:
+        >>> from sapg_torchrl import BlockLayout, SAPGLoss, make_actor_critic
+        >>> from sapg_torchrl.training import PPOSettings, TrainSettings
+        >>> actor, critic = make_actor_critic(3, 1, num_blocks=2, hidden=(8,))
+        >>> update = PPOUpdate(SAPGLoss(actor, critic), BlockLayout(4, 2), PPOSettings(num_minibatches=4),
+        ...                    TrainSettings(), advantage_norm="global")
+        >>> update.minibatch_sizes(4 * 16)  # 4 envs x T = 16 rows, 4 minibatches
+        [16, 16, 16, 16]
+    """
+
+    def __init__(
+        self,
+        loss: SAPGLoss,
+        layout: BlockLayout,
+        ppo: PPOSettings,
+        train: TrainSettings,
+        *,
+        advantage_norm: str,
+        aggregator: Aggregator | None = None,
+        value_norm: ValueNorm | None = None,
+        observation_norm: ValueNorm | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        ranks: Ranks = SINGLE,
+    ):
+        check(ppo, "ppo.")
+        check(train, "train.")
+        if advantage_norm not in ADVANTAGE_NORMS:
+            raise ConfigError(
+                f"advantage_norm={advantage_norm!r} is not accepted: use one of {list(ADVANTAGE_NORMS)}"
+            )
+        self.loss, self.layout, self.ppo, self.aggregator = loss, layout, ppo, aggregator
+        self.advantage_norm, self.value_norm, self.observation_norm = advantage_norm, value_norm, observation_norm
+        self.ranks, self.seed = ranks, seed
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.minibatch_size = ppo.minibatch_size or 4 * layout.num_envs
+        # values are computed once here (and kept: the clipped value loss needs them), so the estimator reads them
+        # instead of holding the critic
+        self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=None)
+        self.gae.set_keys(**{k: getattr(loss.tensor_keys, k) for k in ("advantage", "value_target", "value", "reward", "done", "terminated")})
+
+        # torch.compile wraps the same modules: parameters, checkpoints and the eager paths are unchanged
+        self.loss_forward = torch.compile(loss) if train.compile else loss
+        self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=train.precision == "bfloat16")
+        self.params = [p for p in loss.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=ppo.lr)
+        self.lr_schedule = (
+            None
+            if ppo.kl_target is None
+            else KLAdaptiveLR(self.optimizer, target_kl=ppo.kl_target, factor=LR_FACTOR, min_lr=LR_BOUNDS[0], max_lr=LR_BOUNDS[1])
+        )
+        keys = loss.tensor_keys
+        self._batch_keys = list(
+            dict.fromkeys(
+                [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
+                + [keys.advantage, keys.value_target, keys.value, keys.relabelled]
+            )
+        )
+        if loss.clip_mode == "paper":
+            self._batch_keys.append(keys.log_clip_center)
+        if loss.kl_reference == "previous_epoch":
+            self._batch_keys += [keys.loc, keys.scale]
+        # a recurrent policy learns from whole [T]-step sequences (minibatches of env sequences, the hidden
+        # state recomputed from the one stored at their start); a feedforward one from shuffled rows
+        networks = (loss.actor_network, loss.critic_network)
+        self.recurrent = any(isinstance(m, (LSTMModule, GRUModule)) for net in networks for m in net.modules())
+        self.optimizer_steps = 0
+
+    @property
+    def critic(self):
+        return self.loss.critic_network
+
+    # ------------------------------------------------------------------------------------------- batch
+    @torch.no_grad()
+    def make_batch(self, data: TensorDictBase, final_observation_lost: bool = False) -> TensorDictBase:
+        """Targets, relabelled rows and standardised advantages: the batch the epochs run over, flat rows
+        (``[(N + relabelled) * T]``), or sequences (``[N + relabelled, T]``) for a recurrent policy.
+
+        ``final_observation_lost``: the env resets inside its step (TorchRL's native auto-reset), leaving NaN where
+        an episode's final observation would be (:func:`~sapg_torchrl.targets.fill_lost_final_observations`)."""
+        keys, ppo = self.loss.tensor_keys, self.ppo
+        if final_observation_lost:
+            fill_lost_final_observations(data)
+        # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
+        rollout_state_values(self.critic, data, keys.value)
+        self.gae(data)
+        if ppo.critic_target == "n_step":
+            data.set(
+                keys.value_target,
+                n_step_return(
+                    data.get(("next", keys.reward)),
+                    data.get(("next", keys.value)),
+                    data.get(("next", keys.done)),
+                    data.get(("next", keys.terminated)),
+                    gamma=ppo.gamma,
+                    n=ppo.n_step,
+                ),
+            )
+        data.set(keys.relabelled, torch.zeros(data.shape, dtype=torch.bool, device=data.device))
+        if self.loss.clip_mode == "paper":
+            data.set(keys.log_clip_center, torch.zeros(data.shape, device=data.device))
+        parts = [data.select(*self._batch_keys)]
+        relabelled = None if self.aggregator is None else self.aggregator(data)
+        if relabelled is not None:
+            parts.append(relabelled.select(*self._batch_keys))
+        batch = torch.cat(parts, 0)
+        if not self.recurrent:
+            batch = batch.reshape(-1)
+        if self.advantage_norm != "none":
+            per_block = self.advantage_norm == "per_block"
+            batch.set(
+                keys.advantage,
+                standardize_advantage(
+                    batch.get(keys.advantage),
+                    batch.get(keys.block_id) if per_block else None,
+                    self.layout.num_blocks,
+                    all_sum=self.ranks.all_sum if self.ranks.distributed else None,
+                ),
+            )
+        if self.value_norm is not None:
+            update_running_norm(self.value_norm, batch.get(keys.value_target), self.ranks)
+        return batch
+
+    # ------------------------------------------------------------------------------------------ update
+    def learn(self, batch: TensorDictBase, data: TensorDictBase, iteration: int) -> TensorDictBase:
+        """The epochs of updates on ``batch`` (:meth:`epochs`), then the observation statistics take in the rollout
+        ``data`` (after the update, so that the behaviour log-probs stay exact during it). Returns the mean loss
+        outputs; ``iteration`` names the iteration in the error of a run that diverges."""
+        losses = self.epochs(batch, iteration)
+        if self.observation_norm is not None:
+            update_running_norm(self.observation_norm, data.get("observation"), self.ranks)
+        return losses
+
+    def minibatch_sizes(self, units: int, rows_per_unit: int = 1) -> list[int]:
+        """The minibatches of one epoch over ``units`` rows (or sequences of ``rows_per_unit`` rows)."""
+        if self.ppo.num_minibatches is not None:
+            return minibatch_sizes(units, count=self.ppo.num_minibatches)
+        return minibatch_sizes(units, size=max(1, self.minibatch_size // rows_per_unit))
+
+    @set_recurrent_mode(True)
+    def epochs(self, batch: TensorDictBase, iteration: int = 0) -> TensorDictBase:
+        """``ppo.epochs`` passes of shuffled minibatches (of rows, or of sequences for a recurrent policy; see
+        :meth:`minibatch_sizes`); returns the mean of the loss outputs. Non-finite losses raise
+        :class:`FloatingPointError`."""
+        outputs = []
+        units = batch.shape[0]
+        sizes = self.minibatch_sizes(units, batch.numel() // units)
+        keys = self.loss.tensor_keys
+        track_reference = self.loss.kl_reference == "previous_epoch"
+        for _ in range(self.ppo.epochs):
+            epoch_out = []
+            perm = torch.randperm(units, device=self.device, generator=self.generator)
+            for index in perm.split(sizes):
+                with self.autocast:
+                    out = self.loss_forward(batch[index])
+                if track_reference:  # this epoch's policy on these rows (float32 under bf16): the next epoch's KL reference
+                    batch.set_at_(keys.loc, out.pop(keys.loc).float(), index)
+                    batch.set_at_(keys.scale, out.pop(keys.scale).float(), index)
+                total = sum(value for key, value in out.items() if key.startswith("loss_"))
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.ranks.average_gradients(self.params)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.ppo.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer_steps += 1
+                out = out.detach()
+                out.set("grad_norm", grad_norm.detach())
+                epoch_out.append(out)
+            epoch_out = torch.stack(epoch_out)
+            if self.lr_schedule is not None:
+                kl = self.ranks.all_mean(epoch_out["kl_approx"].nanmean())
+                if not torch.isfinite(kl):  # the one host sync per epoch, shared with the schedule
+                    hint = ""  # with relabelled rows, their importance ratios are the usual cause
+                    if self.aggregator is not None:
+                        ratio = float(epoch_out["is_ratio_max"].nan_to_num(0).max())
+                        hint = f"; is_ratio_max={ratio:.3g} (importance ratios of relabelled rows; sapg.max_importance_ratio caps them)"
+                    raise FloatingPointError(
+                        f"training diverged at iteration {iteration}: the policy's KL is {float(kl)} (non-finite "
+                        f"losses){hint}"
+                    )
+                self.lr_schedule.step(kl)
+            outputs.append(epoch_out)
+        return torch.cat(outputs).apply(lambda x: x.float().nanmean(0), batch_size=[])
+
+    # --------------------------------------------------------------------------------------- state
+    @property
+    def lr(self) -> float:
+        """The current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
