@@ -14,7 +14,10 @@ in-loop evaluation off. ``sapg`` updates ``(N + B) T`` rows per iteration, 1/6 m
 
 Per run: frames/s (the median over the iterations after the first of ``N T / wall time``, rl_games' own ``fps
 total``, which times its play and update phases the same way) and frames per CPU-second (frames over the process's
-CPU time, every thread, over the same iterations). Ratios ``ours / rl_games`` per round and of the medians.
+CPU time, every thread, over the same iterations). Ratios ``ours / rl_games`` per round and of the medians. Where the
+time goes: the median seconds of each iteration's two phases, ``play`` (collect the rollout and compute its targets:
+rl_games' ``play_time``; ours the runner's ``collect`` and ``targets`` phases) and ``update`` (the epochs: rl_games'
+``update_time``; ours the runner's ``update`` phase), with their ratio to rl_games'.
 Targets (issue 12): ``no_split`` >= 1.2x and ``sapg`` >= 1.0x rl_games. Time only on a quiet machine: the load
 average is printed before and after.
 """
@@ -37,12 +40,13 @@ RESULT = "RESULT "  # the worker's last line: RESULT {json}
 
 # ------------------------------------------------------------------------------------------------- workers
 def _timed(iterations, run_one):
-    """``run_one()`` ``iterations`` times; wall and CPU seconds of each."""
+    """``run_one()`` ``iterations`` times; wall and CPU seconds of each, and the seconds of its two phases, ``play``
+    (collect the rollout and compute its targets) and ``update`` (the epochs), as ``run_one`` returns them."""
     out = []
     for _ in range(iterations):
         wall, cpu = time.perf_counter(), time.process_time()
-        run_one()
-        out.append((time.perf_counter() - wall, time.process_time() - cpu))
+        play, update = run_one()
+        out.append((time.perf_counter() - wall, time.process_time() - cpu, play, update))
     return out
 
 
@@ -56,8 +60,8 @@ def rl_games_worker(args) -> list[tuple[float, float]]:
 
     def train_epoch(self):  # rl_games' epoch = our iteration: collect N x T frames, then the update
         wall, cpu = time.perf_counter(), time.process_time()
-        result = original(self)
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+        result = original(self)  # (step_time, play_time, update_time, ...): play includes its returns (GAE)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu, result[1], result[2]))
         return result
 
     ContinuousA2CBase.train_epoch = train_epoch
@@ -96,8 +100,10 @@ def ours_worker(args) -> list[tuple[float, float]]:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from sapg_torchrl.cli import CONFIG_DIR
+    from throughput import PhaseClock  # beside this script
+
     from sapg_torchrl.app.build import build_runner
+    from sapg_torchrl.cli import CONFIG_DIR
 
     torch.set_num_threads(args.threads)
     overrides = [f"ablation={args.variant}", f"env={PRESETS[args.task]}", f"env.num_envs={args.num_envs}",
@@ -107,8 +113,15 @@ def ours_worker(args) -> list[tuple[float, float]]:
         cfg = compose(config_name="sapg", overrides=overrides)
     cfg.total_frames = args.num_envs * args.horizon * (args.iters + 1)
     runner = build_runner(cfg)
-    try:  # the runner's own iteration: what Runner.train() runs, without sinks and checkpoints (evaluation is off)
-        return _timed(args.iters, runner.run_iteration)
+    runner.phase_clock = clock = PhaseClock(runner.device)
+
+    def iteration():  # the runner's own iteration: what Runner.train() runs, without sinks, checkpoints, evaluation
+        clock.start()
+        runner.run_iteration()
+        return clock.times["collect"] + clock.times["targets"], clock.times["update"]
+
+    try:
+        return _timed(args.iters, iteration)
     finally:
         runner.collector.shutdown()
 
@@ -128,8 +141,9 @@ def run_worker(variant: str, task: str, args) -> dict:
         raise RuntimeError(f"{variant} on {task} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     times = json.loads(lines[-1][len(RESULT):])[1:]  # the first iteration warms up
     frames = args.num_envs * args.horizon
-    return {"fps": statistics.median(frames / wall for wall, _ in times),
-            "fps_cpu": frames * len(times) / sum(cpu for _, cpu in times)}  # fmt: skip
+    return {"fps": statistics.median(frames / t[0] for t in times),
+            "fps_cpu": frames * len(times) / sum(t[1] for t in times),
+            "play_s": statistics.median(t[2] for t in times), "update_s": statistics.median(t[3] for t in times)}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -183,8 +197,9 @@ def main(argv=None) -> int:
              f"ELU, {args.threads} torch threads, {args.env_threads} envpool threads, {args.iters} iterations per run "
              f"(the first untimed), {args.rounds} rounds; load average before/after: {load_before:.2f} / "
              f"{os.getloadavg()[0]:.2f}", "",
-             "| task | variant | frames/s (per round) | frames/CPU-s (per round) | frames/s vs rl_games (per round) |",
-             "|---|---|---|---|---|"]  # fmt: skip
+             "| task | variant | frames/s (per round) | frames/CPU-s (per round) | frames/s vs rl_games (per round) "
+             "| play s (vs rl_games) | update s (vs rl_games) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for task in tasks:
         base = results[task]["rl_games"]
         for variant in VARIANTS:
@@ -193,7 +208,11 @@ def main(argv=None) -> int:
             fps = ", ".join(f"{x['fps']:.0f}" for x in runs)
             fps_cpu = ", ".join(f"{x['fps_cpu']:.0f}" for x in runs)
             vs = "–" if variant == "rl_games" else f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})"
-            lines.append(f"| {task} | {variant} | {fps} | {fps_cpu} | {vs} |")
+            phases = []
+            for phase in ("play_s", "update_s"):
+                mine, theirs = (statistics.median(x[phase] for x in r) for r in (runs, base))
+                phases.append(f"{mine:.3f}" + ("" if variant == "rl_games" else f" ({mine / theirs:.2f}x)"))
+            lines.append(f"| {task} | {variant} | {fps} | {fps_cpu} | {vs} | {phases[0]} | {phases[1]} |")
     text = "\n".join(lines)
     print("\n" + text)
     if args.out:
