@@ -17,10 +17,17 @@ from torchrl.objectives import ClipPPOLoss
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.nn import ReuseIfPresent
 
-__all__ = ["SAPGLoss", "CLIP_MODES", "KL_REFERENCES"]
+__all__ = ["SAPGLoss", "CLIP_MODES", "KL_REFERENCES", "KL_ROWS", "LR_BOUNDS", "LR_FACTOR"]
 
 CLIP_MODES = ("code", "paper")
 KL_REFERENCES = ("previous_epoch", "behaviour")
+KL_ROWS = ("all", "on_policy")
+"""The rows the ``previous_epoch`` KL averages over: every row (the released code) or the on-policy rows alone."""
+LR_FACTOR = 1.5
+"""The KL-adaptive learning rate this KL drives (rl_games', the paper's): ``x LR_FACTOR`` below half the target KL,
+``/ LR_FACTOR`` above twice it."""
+LR_BOUNDS = (1e-6, 1e-2)
+"""That learning rate's bounds."""
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +68,8 @@ class SAPGLoss(ClipPPOLoss):
       ``kl_reference="behaviour"`` is :class:`~torchrl.objectives.ClipPPOLoss`'s sample estimate
       ``mean(log pi_behaviour - log pi_theta)`` over the on-policy rows; ``kl_reference="previous_epoch"``
       (released code, rl_games' ``policy_kl``) is the analytic Gaussian ``KL(pi_theta || N(loc, scale))`` summed
-      over action dims and averaged over all rows, relabelled ones included, where ``loc``/``scale`` are read
+      over action dims and averaged over the rows ``kl_rows`` names (``"all"``, the released code: relabelled ones
+      included; ``"on_policy"``: the rows each block collected itself), where ``loc``/``scale`` are read
       from the batch. The loss then also returns the current ``loc`` and ``scale`` of every row (detached): a
       trainer writes them back into the batch after each minibatch, so that in the next epoch the reference is
       the policy of the previous epoch (in the first epoch it is the behaviour policy);
@@ -88,6 +96,10 @@ class SAPGLoss(ClipPPOLoss):
         max_importance_ratio (float, optional): cap of the importance ratio. Defaults to ``None``.
         kl_reference (str): ``"behaviour"`` (default, as :class:`~torchrl.objectives.ClipPPOLoss`) or
             ``"previous_epoch"`` (released code), see above.
+        kl_rows (str): the rows of the ``previous_epoch`` KL: ``"all"`` (default, released code) or
+            ``"on_policy"``. In the first epoch a relabelled row's reference is the follower's behaviour policy, so
+            with ``"all"`` the KL of ``sapg``-like variants also measures how far the leader is from a follower,
+            not only the size of the update. The ``behaviour`` KL is always on the on-policy rows.
         bounds_loss_coeff (float): coefficient of the bounds loss (``1e-4`` in the code). Defaults to ``0.0``.
         action_bound (float): where the bounds loss starts. Defaults to ``1.1``.
         value_norm (ValueNorm, optional): value normaliser shared with the critic.
@@ -154,6 +166,7 @@ class SAPGLoss(ClipPPOLoss):
         off_policy_weight: float = 1.0,
         max_importance_ratio: float | None = None,
         kl_reference: str = "behaviour",
+        kl_rows: str = "all",
         bounds_loss_coeff: float = 0.0,
         action_bound: float = 1.1,
         value_norm: ValueNorm | None = None,
@@ -166,6 +179,8 @@ class SAPGLoss(ClipPPOLoss):
             raise ConfigError(f"clip_mode={clip_mode!r} is not accepted: use one of {list(CLIP_MODES)}")
         if kl_reference not in KL_REFERENCES:
             raise ConfigError(f"kl_reference={kl_reference!r} is not accepted: use one of {list(KL_REFERENCES)}")
+        if kl_rows not in KL_ROWS:
+            raise ConfigError(f"kl_rows={kl_rows!r} is not accepted: use one of {list(KL_ROWS)}")
         if off_policy_weight < 0:
             raise ConfigError(f"off_policy_weight={off_policy_weight} is not accepted: it must be >= 0")
         if max_importance_ratio is not None and max_importance_ratio <= 1:
@@ -203,7 +218,7 @@ class SAPGLoss(ClipPPOLoss):
             self.clip_value = clip
         self.num_blocks = num_blocks
         self.clip_mode = clip_mode
-        self.kl_reference = kl_reference
+        self.kl_reference, self.kl_rows = kl_reference, kl_rows
         self.value_norm = value_norm
         self.register_coeff_buffer("off_policy_weight", off_policy_weight)
         self.register_coeff_buffer("bounds_loss_coeff", bounds_loss_coeff)
@@ -326,7 +341,8 @@ class SAPGLoss(ClipPPOLoss):
                 td_out.set("entropy_per_block", mean)
             if self.kl_reference == "previous_epoch":
                 current = d.Normal(dist.mean.detach(), dist.stddev.detach())
-                td_out.set("kl_approx", d.kl_divergence(current, reference).sum(-1).mean())
+                kl = d.kl_divergence(current, reference).sum(-1)
+                td_out.set("kl_approx", kl.mean() if self.kl_rows == "all" else _masked_mean(kl.unsqueeze(-1), on_policy))
                 td_out.set(self.tensor_keys.loc, current.loc)
                 td_out.set(self.tensor_keys.scale, current.scale)
             else:

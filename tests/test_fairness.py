@@ -116,6 +116,38 @@ def test_previous_epoch_kl_matches_a_hand_computation():
     assert not out["loc"].requires_grad
 
 
+def test_on_policy_kl_rows_leave_the_relabelled_rows_out():
+    """kl_rows="on_policy": the same analytic KL, over the rows each block collected itself (the first 6 here); the
+    relabelled rows' loc/scale are still returned, for their next epoch's reference."""
+    actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,))
+    data = kl_batch(actor, critic)
+    out = SAPGLoss(actor, critic, kl_reference="previous_epoch", kl_rows="on_policy")(data)
+    with torch.no_grad():
+        current = actor(data.select("observation", "block_id").clone())
+    rows = slice(0, 6)
+    expected = hand_kl(current["loc"][rows].tolist(), current["scale"][rows].tolist(), data["loc"][rows].tolist(),
+                       data["scale"][rows].tolist())  # fmt: skip
+    assert float(out["kl_approx"]) == pytest.approx(expected, rel=1e-5)
+    assert out["loc"].shape == (8, 2)
+    with pytest.raises(ValueError, match=r"kl_rows='leader' is not accepted: use one of \['all', 'on_policy'\]"):
+        SAPGLoss(actor, critic, kl_rows="leader")
+
+
+@pytest.mark.parametrize("env", ["mountaincar", "hopper"])
+def test_the_study_gives_every_variant_one_learning_rate_rule_and_one_exploration_limit(env):
+    """The study's config: the learning rate's KL on on-policy rows for every ablation, and the same schedule, initial
+    rate and log-std cap for every variant of a task (the cap is the task preset's, no ablation sets it)."""
+    from test_study import _study_cfg
+
+    rules = set()
+    for ablation in sorted(ABLATIONS):
+        cfg = _study_cfg(f"env={env}", f"ablation={ablation}")
+        rules.add((cfg.ppo.kl_rows, cfg.ppo.kl_reference, cfg.ppo.kl_target, cfg.ppo.lr, cfg.network.max_log_std))
+    assert rules == {("on_policy", "previous_epoch", 0.016, 5e-4, 0.5)}
+    for ablation_file in (CONFIG_DIR / "ablation").glob("*.yaml"):
+        assert "max_log_std" not in ablation_file.read_text(), ablation_file.name
+
+
 def test_behaviour_kl_is_torchrl_sample_estimate_on_policy_rows():
     actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(16,))
     data = kl_batch(actor, critic)

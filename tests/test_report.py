@@ -1,5 +1,6 @@
 """The study report: numbers on a hand-written study of known curves, and a report of a real tiny sweep."""
 
+import itertools
 import json
 import math
 import re
@@ -22,8 +23,10 @@ TABLES = ("## Asymptotic performance", "## Sample efficiency", "## Exploration d
 
 def _table_rows(text: str, heading: str) -> dict[str, list[str]]:
     """variant -> cells of the first markdown table after ``heading``."""
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    rows = [line for line in table if line.startswith("| ")]  # not the |---| rule
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows[1:])}
 
 
@@ -46,7 +49,7 @@ def _write_run(run_dir, variant, seed, values, num_envs=12):
     run_dir.mkdir(parents=True)
     m = 1 if variant == "no_split" else 2
     config = {"seed": seed, "total_frames": BUDGET, "env": {"make": {"env_name": "Toy-v0"}, "num_envs": num_envs},
-              "sapg": {"num_blocks": m}, "ppo": {"horizon": 4}}  # fmt: skip
+              "sapg": {"num_blocks": m}, "ppo": {"horizon": 4, "kl_rows": "on_policy"}}  # fmt: skip
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "hydra.yaml").write_text(
@@ -54,8 +57,9 @@ def _write_run(run_dir, variant, seed, values, num_envs=12):
     )
     overrides = [f"ablation={variant}", f"seed={seed}", "env=toy"]
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    rows = zip(FRAMES, map(float, values), strict=True)
-    lines = ["frames,return/leader,eval/return"] + [f"{f},{v!r}," for f, v in rows]  # eval/return: empty
+    evaluation = float(values[-1]) + 1.0  # the leader evaluated at the last 3 rows, the same each time
+    rows = [(f, float(v), evaluation if i >= len(FRAMES) - 3 else "") for i, (f, v) in enumerate(zip(FRAMES, values))]
+    lines = ["frames,return/leader,eval/return,train/lr"] + [f"{f},{v!r},{e},{5e-4 * (1 + seed)}" for f, v, e in rows]
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
     kl = [[0.0, 0.2], [0.4, 0.0]] if m == 2 else [[0.0]]
     result = {"frames": BUDGET, "eval/return": float(values[-1]) + 1.0,
@@ -103,9 +107,19 @@ def test_synthetic_numbers_match_hand_computations(synthetic):
     assert s.per_run["symmetric"]["frames"].tolist() == [BUDGET] * 5  # never reached: counts as the budget
     assert not s.per_run["symmetric"]["reached"].any()
     assert s.iqm["auc"]["no_off_policy"][0] == pytest.approx(0.2)  # constant k/10 for k = 0..4
-    # sapg beats every run of every ablation
-    assert set(s.poi) == {"no_split", "symmetric", "no_off_policy"}
-    assert all(p == (1.0, 1.0, 1.0) for p in s.poi.values())
+    # sapg beats every run of every ablation, on both measures; the effect is the difference of IQMs
+    for measure in ("final", "eval"):
+        assert set(s.poi[measure]) == {"no_split", "symmetric", "no_off_policy"}
+        assert s.poi[measure]["symmetric"] == s.poi[measure]["no_off_policy"] == (1.0, 1.0, 1.0)
+    assert s.poi["final"]["no_split"] == (1.0, 1.0, 1.0)
+    assert s.poi["eval"]["no_split"][0] == 0.5  # evaluated at 10 + 1, sapg's too: every pair a tie
+    assert s.effect["final"]["no_off_policy"][0] == pytest.approx(10.0 - 2.0)
+    assert s.effect["eval"]["no_off_policy"][0] == pytest.approx(11.0 - 3.0)
+    low, high = s.effect["final"]["no_off_policy"][1:]
+    assert low <= 8.0 <= high
+    # learning rates: each run's median (5e-4 (1 + seed)), the median over seeds; never at the cap
+    assert s.per_run["sapg"]["lr"] == pytest.approx([5e-4 * (1 + k) for k in SEEDS])
+    assert s.lr["sapg"] == (pytest.approx(5e-4 * (1 + sorted(SEEDS)[len(SEEDS) // 2])), 0.0)
     # diversity: sapg's states lie on a line (PCA error 0 from k = 1); KL (0.2 + 0.4) / 2; entropy (1 + 2) / 2
     assert s.diversity["sapg"]["pca_area"] == pytest.approx(0.0, abs=1e-9)
     assert s.diversity["symmetric"]["pca_area"] > 0.1
@@ -134,7 +148,12 @@ def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
     text = path.read_text()
     asymptotic = _table_rows(text, "## Asymptotic performance")
     assert asymptotic["sapg"][:3] == ["5", "0/5", "10 [10, 10]"] and asymptotic["sapg"][4] == "–"
-    assert asymptotic["no_split"][2] == "9.5 [9.5, 9.5]" and asymptotic["symmetric"][4] == "1 [1, 1]"
+    assert asymptotic["no_split"][2] == "9.5 [9.5, 9.5]" and asymptotic["symmetric"][3] == "1 [1, 1]"
+    assert asymptotic["no_split"][4].startswith("+0.5 [")  # the effect: IQM(sapg) - IQM(no_split), 10 - 9.5
+    evaluation = _table_rows(text, "### Evaluation return")
+    assert evaluation["sapg"][2] == "11 [11, 11]" and evaluation["symmetric"][3] == "1 [1, 1]"
+    rates = _table_rows(text, "### Learning rates")
+    assert rates["sapg"] == ["0.0015", "0%"]  # the median over seeds 0..4 of 5e-4 (1 + seed)
     efficiency = _table_rows(text, "## Sample efficiency")
     assert efficiency["sapg"] == ["1 [1, 1]", "0 [0, 0]", "5/5"]
     assert efficiency["no_split"] == ["0.5 [0.5, 0.5]", "800 [800, 800]", "5/5"]
@@ -143,8 +162,11 @@ def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
     assert diversity["no_split"][-1] == "–" and diversity["sapg"][-1] == "0.3"
     assert "never reach it count as the budget" in text and "disjoint/seed0" in text
     assert "`sapg` is better than `symmetric`" in text
-    assert re.search(r"clearly worse than `sapg`\* — \*\*holds\*\*", text)
-    assert re.search(r"at large N\*, against the paper's PPO \(`no_split`\) — \*\*holds \(sapg better\)\*\*", text)
+    for measure in ("training return", "evaluation return"):
+        assert re.search(rf"clearly worse than `sapg`\* — on the {measure}: \*\*holds\*\*", text)
+    assert re.search(r"against the paper's PPO \(`no_split`\), on the training return — \*\*holds \(sapg better\)\*\*", text)
+    evaluation_claim = r"against the paper's PPO \(`no_split`\), on the evaluation return — \*\*holds \(sapg not worse; indistinguishable\)\*\*"
+    assert re.search(evaluation_claim, text)  # both evaluated at 11: every pair a tie
     assert "python recipes/study.py env=toy" in text
 
 
@@ -287,7 +309,9 @@ def test_tuned_ppo_is_the_best_point_of_the_entropy_grid(synthetic, tmp_path):
     assert study.ppo_grid == {"no_split": 0.0, "ppo_entropy": 0.05}
     assert not any("num_blocks" in m for m in study.mismatches), study.mismatches  # one block by design
     s = summarize(study, reps=200, diversity=False)
-    assert s.tuned_ppo == "ppo_entropy"
+    # the tuned baseline per measure: ppo_entropy's training return 9.9 beats no_split's 9.5, but its evaluation
+    # (9.9 + 1) does not beat no_split's (10 + 1, the climb's last value)
+    assert s.tuned_ppo == {"final": "ppo_entropy", "eval": "no_split"}
     text = write_report(study, tmp_path / "report", "report", reps=200, diversity=False).read_text()
     assert "ppo_entropy (tuned PPO)" in _table_rows(text, "## Asymptotic performance")
     assert "against the tuned PPO baseline (`ppo_entropy`)" in text and "against the paper's PPO (`no_split`)" in text
@@ -347,16 +371,22 @@ def test_the_tuned_ppo_row_across_tasks_takes_each_tasks_own_best_grid_point():
     from sapg_torchrl.study import aggregate_tasks
     from sapg_torchrl.study.tasks import TUNED_PPO
 
-    def task(finals: dict, tuned):  # floor 0, best IQM 10, seeds 0..2
+    def task(finals: dict, evals: dict, tuned: dict):  # floor 0, best IQM 10 on both measures, seeds 0..2
         runs = {v: [S(seed=k) for k in range(3)] for v in finals}
-        per_run = {v: {"final": np.array(f, dtype=float)} for v, f in finals.items()}
-        return S(runs=runs, floor=0.0), S(per_run=per_run, high=10.0, tuned_ppo=tuned)
+        per_run = {v: {"final": np.array(finals[v], dtype=float), "eval": np.array(evals[v], dtype=float)}
+                   for v in finals}  # fmt: skip
+        iqm = {m: {"sapg": (10.0, 10.0, 10.0)} for m in ("final", "eval")}
+        return S(runs=runs, floor=0.0), S(per_run=per_run, iqm=iqm, tuned_ppo=tuned)
 
-    a = task({"sapg": [10] * 3, "no_split": [5] * 3, "ppo_entropy": [1] * 3}, "no_split")
-    b = task({"sapg": [10] * 3, "no_split": [2] * 3, "ppo_entropy": [8] * 3}, "ppo_entropy")
+    finals = {"sapg": [10] * 3, "no_split": [5] * 3, "ppo_entropy": [1] * 3}
+    evals = {"sapg": [10] * 3, "no_split": [1] * 3, "ppo_entropy": [6] * 3}  # on this measure the other grid point
+    a = task(finals, evals, {"final": "no_split", "eval": "ppo_entropy"})
+    b = task({"sapg": [10] * 3, "no_split": [2] * 3, "ppo_entropy": [8] * 3}, {"sapg": [10] * 3, "no_split": [2] * 3,
+             "ppo_entropy": [8] * 3}, {"final": "ppo_entropy", "eval": "ppo_entropy"})  # fmt: skip
     cross = aggregate_tasks({"a": a, "b": b}, reps=50)
-    assert cross.tuned_ppo == {"a": "no_split", "b": "ppo_entropy"}
-    assert cross.scores[TUNED_PPO].tolist() == [[0.5, 0.8]] * 3
-    assert cross.poi[TUNED_PPO][0] == 1.0
-    no_ppo = task({"sapg": [10] * 3}, None)
-    assert TUNED_PPO not in aggregate_tasks({"a": a, "c": no_ppo}, reps=50).scores
+    assert cross.tuned_ppo == {"final": {"a": "no_split", "b": "ppo_entropy"}, "eval": {"a": "ppo_entropy", "b": "ppo_entropy"}}
+    assert cross.scores["final"][TUNED_PPO].tolist() == [[0.5, 0.8]] * 3
+    assert cross.scores["eval"][TUNED_PPO].tolist() == [[0.6, 0.8]] * 3
+    assert cross.poi["final"][TUNED_PPO][0] == cross.poi["eval"][TUNED_PPO][0] == 1.0
+    no_ppo = task({"sapg": [10] * 3}, {"sapg": [10] * 3}, {})
+    assert TUNED_PPO not in aggregate_tasks({"a": a, "c": no_ppo}, reps=50).scores["final"]

@@ -306,3 +306,22 @@ def test_a_run_folder_written_before_the_restructuring_resumes_and_evaluates(tmp
         assert mine.keys() == theirs.keys()
         for key in mine.keys() - TIMING:
             assert float(mine[key] or "nan") == pytest.approx(float(theirs[key] or "nan"), rel=1e-4, abs=1e-6, nan_ok=True), key
+
+
+def test_a_setting_added_after_a_run_was_written_takes_its_default_there(tmp_path):
+    """A run folder written before a setting existed (``ppo.kl_rows`` here) ran with the setting's default: it is the
+    same experiment as a config with that default, and another one than a config that changes it."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from sapg_torchrl.app.run_folder import experiment_changes, saved_config
+
+    folder = tmp_path / "run_0_1"
+    shutil.copytree(REPO / "tests" / "data" / "run_0_1", folder)
+    assert "kl_rows" not in OmegaConf.load(folder / "config.yaml").ppo
+    saved = saved_config(folder)
+    assert saved["ppo"]["kl_rows"] == "all"
+    changed = {**saved, "ppo": {**saved["ppo"], "kl_rows": "on_policy"}}
+    assert experiment_changes(saved, saved) == []
+    assert experiment_changes(saved, changed) == ["ppo.kl_rows: all -> on_policy"]

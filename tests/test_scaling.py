@@ -1,6 +1,5 @@
 """Performance against N: the scaling sweep's config, and its report on hand-written studies of known returns."""
 
-import json
 import shutil
 
 import numpy as np
@@ -61,7 +60,7 @@ def test_scaling_numbers_and_trends(scaling_folders):
     studies = [load_study(scaling_folders / f"N{n}") for n in (48, 12, 24)]  # any order
     scaling = scaling_summary(studies, reps=200)
     assert scaling.num_envs == [12, 24, 48] and scaling.variants == ["sapg", "no_split"]
-    assert list(scaling.iqm) == ["eval", "final"]  # the measure comparable at every N first
+    assert list(scaling.iqm) == ["final", "eval"]  # the study's two measures
     for n, ppo in PPO_AT.items():
         assert scaling.iqm["final"]["sapg"][n][0] == pytest.approx(10.0)
         assert scaling.iqm["eval"]["sapg"][n][0] == pytest.approx(11.0)  # _write_run: eval = last value + 1
@@ -107,7 +106,10 @@ def test_runs_without_a_finished_episode_are_counted_and_short_budgets_flagged(s
     _write_run(run, "sapg", 0, np.full(FRAMES.size, np.nan), num_envs=48)
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "env": {**config["env"], "eval_steps": 30}}))
-    (run / "result.json").write_text(json.dumps({**json.loads((run / "result.json").read_text()), "eval/return": 0.5}))
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    rows = [row.rsplit(",", 2) for row in rows]  # frames and return, eval/return, train/lr
+    rows = [f"{head},{'0.5' if evaluation else ''},{lr}" for head, evaluation, lr in rows]  # evaluated at 0.5
+    (run / "metrics.csv").write_text("\n".join([header, *rows]) + "\n")
     scaling = scaling_summary([load_study(tmp_path / f"N{n}") for n in PPO_AT], reps=100)
     assert scaling.runs["sapg"][48] == 5 and scaling.scored["final"]["sapg"][48] == 4
     assert scaling.scored["eval"]["sapg"][48] == 5 and scaling.iqm["eval"]["sapg"][48][0] == pytest.approx(11.0)
@@ -127,7 +129,7 @@ def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys)
     assert len(rows) == 4  # per measure: its row and its P(sapg > no_split) row
     assert "| N=12 | N=24 | N=48 | trend |" in text and rows[0].endswith("| degrades |") and "(5/5)" in rows[0]
     assert rows[1] == rows[3] == "| no_split | 1 [1, 1] | 1 [1, 1] | 1 [1, 1] |"
-    assert text.index("## Final evaluation return") < text.index("## Final training return")
+    assert text.index("## Training return") < text.index("## Evaluation return")
     assert "| steps per env | 83 | 42 | 21 |" in text and "--scaling" in text
 
 

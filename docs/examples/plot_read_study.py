@@ -39,8 +39,11 @@ print(run.path.relative_to(folder), "final leader return:", round(float(run.lead
 summary = summarize(study, reps=300, diversity=False)
 for variant, (iqm, low, high) in summary.iqm["final"].items():
     print(f"{variant:>24}: final return IQM {iqm:7.2f}  [{low:7.2f}, {high:7.2f}]")
-for variant, (p, low, high) in summary.poi.items():
-    print(f"P(sapg > {variant}) = {p:.2f} [{low:.2f}, {high:.2f}]")
+for measure in ("final", "eval"):  # the training return and the mean of the last 3 evaluations
+    for variant, (p, low, high) in summary.poi[measure].items():
+        d, d_low, d_high = summary.effect[measure][variant]
+        print(f"{measure}: P(sapg > {variant}) = {p:.2f} [{low:.2f}, {high:.2f}], "
+              f"IQM difference {d:+.2f} [{d_low:+.2f}, {d_high:+.2f}]")
 
 # %%
 # Learning curves: the IQM across seeds of the leader's return against env frames, with its 95% band.

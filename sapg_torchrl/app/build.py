@@ -80,6 +80,7 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
         off_policy_weight=s.off_policy_weight,
         max_importance_ratio=s.max_importance_ratio,
         kl_reference=ppo.kl_reference,
+        kl_rows=ppo.kl_rows,
         bounds_loss_coeff=ppo.bounds_loss_coeff,
         value_norm=value_norm,
         critic_coeff=ppo.critic_coeff,

@@ -25,7 +25,7 @@ from sapg_torchrl.training.sinks import aside
 
 __all__ = [
     "NOT_THE_EXPERIMENT", "RunStart", "experiment_changes", "flat_settings", "hold_run_folder", "prepare_run_dir",
-    "resume_config",
+    "resume_config", "saved_config",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,24 @@ def resume_config(folder: str | Path, overrides: list[str]) -> DictConfig:
             f"config (these may change: total_frames, device, train.*, logger.*)"
         )
     saved = OmegaConf.load(folder / "config.yaml")
-    schema = OmegaConf.structured(StudyConfig if "study" in saved else SAPGConfig)
     try:
-        cfg = OmegaConf.merge(schema, saved, OmegaConf.from_dotlist(allowed))
+        cfg = OmegaConf.merge(_schema_for(saved), saved, OmegaConf.from_dotlist(allowed))
     except OmegaConfBaseException as err:
         raise ConfigError(f"resume={folder}: {err.full_key}={err.value!r} is not accepted: {accepted(err.full_key)}") from None
     validate(cfg)
     return cfg
+
+
+def _schema_for(saved: DictConfig) -> DictConfig:
+    return OmegaConf.structured(StudyConfig if "study" in saved else SAPGConfig)
+
+
+def saved_config(run_dir: Path) -> dict:
+    """The resolved config of the run in ``run_dir`` (its ``config.yaml``), with the default of every setting added
+    to the schema after the run was written: a setting is added with the behaviour runs had before as its default,
+    so a run folder written before it still resumes as the same experiment."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    return OmegaConf.to_container(OmegaConf.merge(_schema_for(saved), saved), resolve=True)
 
 
 @dataclass
@@ -110,7 +121,7 @@ def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool = False) -> Run
     """
     saved = None
     if (run_dir / "config.yaml").exists():
-        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        saved = saved_config(run_dir)
         changes = experiment_changes(saved, config)
         if changes:
             raise ConfigError(

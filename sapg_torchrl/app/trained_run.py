@@ -25,6 +25,7 @@ from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from sapg_torchrl.app.build import Agent, build_agent, simulator_factory
+from sapg_torchrl.app.run_folder import saved_config
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.errors import ConfigError
@@ -47,7 +48,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> tuple[DictCo
     if found is None:
         raise ConfigError(f"run={run_dir}: no readable checkpoint in {run_dir / 'checkpoints'}")
     path, state = found
-    return OmegaConf.load(run_dir / "config.yaml"), path, state
+    return OmegaConf.create(saved_config(run_dir)), path, state
 
 
 def _layout(cfg: DictConfig) -> BlockLayout:

@@ -9,7 +9,7 @@ exploration diversity, and aggregates across seeds.
   reconstruction errors of visited states, per-block entropy and pairwise KL between block policies.
 """
 
-from sapg_torchrl.metrics.aggregate import iqm_with_ci, probability_of_improvement
+from sapg_torchrl.metrics.aggregate import iqm_difference, iqm_with_ci, probability_of_improvement
 from sapg_torchrl.metrics.diversity import (
     autoencoder_reconstruction_error,
     curve_area,
@@ -25,6 +25,7 @@ __all__ = [
     "curve_area",
     "final_performance",
     "frames_to_threshold",
+    "iqm_difference",
     "iqm_with_ci",
     "load_states",
     "normalized_auc",

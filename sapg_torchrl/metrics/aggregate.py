@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["iqm_with_ci", "probability_of_improvement"]
+__all__ = ["iqm_difference", "iqm_with_ci", "probability_of_improvement"]
 
 
 def _rliable():
@@ -137,5 +137,39 @@ def probability_of_improvement(
 
     def func(a, b):
         return np.array([metrics.probability_of_improvement(a, b)])
+
+    return _interval(func, [x, y], reps, seed, confidence)
+
+
+def iqm_difference(
+    x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0, *, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """The effect size ``IQM(x) - IQM(y)`` in the scores' own units, with a stratified-bootstrap confidence interval
+    (the runs of ``x`` and ``y`` resampled independently, as for :func:`probability_of_improvement`).
+
+    Args:
+        x (array): scores of the first variant (e.g. ``sapg``), ``(n_seeds_x,)`` or ``(n_runs, n_tasks)``.
+        y (array): scores of the second variant, same number of tasks.
+        reps (int): bootstrap replications. Defaults to ``2000``.
+        seed (int): seed of the bootstrap. Defaults to ``0``.
+
+    Keyword Args:
+        confidence (float): coverage of the interval. Defaults to ``0.95``.
+
+    Returns:
+        tuple: ``(difference, low, high)``.
+
+    Examples:
+        >>> d, low, high = iqm_difference(np.array([3.0, 4.0, 5.0, 6.0]), np.array([1.0, 2.0, 3.0, 4.0]), reps=200)
+        >>> d  # IQM of 4 scores: the mean of the middle 2, 4.5 - 2.5
+        2.0
+    """
+    _, metrics = _rliable()
+    x, y = _as_runs_by_tasks(x, "x"), _as_runs_by_tasks(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y have different numbers of tasks: {x.shape[1]} != {y.shape[1]}")
+
+    def func(a, b):
+        return np.array([metrics.aggregate_iqm(a) - metrics.aggregate_iqm(b)])
 
     return _interval(func, [x, y], reps, seed, confidence)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sapg_torchrl.loss import LR_BOUNDS
 from sapg_torchrl.study.runs import REFERENCE, SHARED_KEYS, VARIANT_ORDER, Study
-from sapg_torchrl.study.summary import THRESHOLD_FRACTION, Interval, Summary, summarize
+from sapg_torchrl.study.summary import EVAL_POINTS, MEASURES, THRESHOLD_FRACTION, Interval, Summary, summarize
 
 __all__ = ["default_study_command", "write_report"]
 
@@ -50,8 +51,26 @@ def _ci(interval: Interval, digits: int = 4, fmt=None) -> str:
     return f"{fmt(point)} [{fmt(low)}, {fmt(high)}]"
 
 
-def _label(variant: str, study: Study, summary: Summary) -> str:
-    return f"{variant} (tuned PPO)" if variant == summary.tuned_ppo and len(study.ppo_grid) > 1 else variant
+def _label(variant: str, study: Study, summary: Summary, measure: str) -> str:
+    """The variant's name, marked where it is the tuned PPO baseline on ``measure``."""
+    tuned = summary.tuned_ppo.get(measure) == variant and len(study.ppo_grid) > 1
+    return f"{variant} (tuned PPO)" if tuned else variant
+
+
+MEASURE_TEXT = {
+    "final": "the leader's mean episode return while training (`return/leader`) over the last 10% of the frame budget, "
+    "exploration noise included: the paper's measure",
+    "eval": f"the mean of the leader's last {EVAL_POINTS} deterministic evaluations on fresh envs (`eval/return` in "
+    "`metrics.csv`): its policy without exploration noise",
+}
+"""What each of :data:`~sapg_torchrl.study.summary.MEASURES` is, for the report."""
+
+
+def _signed(interval: Interval, digits: int = 4) -> str:
+    point, low, high = interval
+    if not math.isfinite(point):
+        return "n/a"
+    return f"{point:+.{digits}g} [{low:+.{digits}g}, {high:+.{digits}g}]"
 
 
 def _diverged(study: Study, variant: str) -> str:
@@ -145,8 +164,8 @@ def _plot_final_scores(summary: Summary, path: Path, colors: dict) -> None:
 
     rows = len(summary.iqm["final"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 1.0 + 0.45 * rows), sharey=True)
-    _interval_panel(axes[0], summary.iqm["final"], colors, "leader return, last 10% of budget")
-    _interval_panel(axes[1], summary.iqm["eval"], colors, "final evaluation return")
+    _interval_panel(axes[0], summary.iqm["final"], colors, "training return, last 10% of budget")
+    _interval_panel(axes[1], summary.iqm["eval"], colors, f"evaluation return, mean of the last {EVAL_POINTS}")
     for ax in axes:
         ax.set_xlabel("IQM [95% CI]")
     fig.tight_layout()
@@ -157,10 +176,12 @@ def _plot_final_scores(summary: Summary, path: Path, colors: dict) -> None:
 def _plot_poi(summary: Summary, path: Path, colors: dict) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 1.0 + 0.45 * len(summary.poi)))
-    _interval_panel(ax, summary.poi, colors, f"P({REFERENCE} > variant) on the final return", reference=0.5)
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_xlabel("probability of improvement [95% CI]")
+    rows = len(summary.poi["final"])
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(9, 1.0 + 0.45 * rows), sharey=True)
+    for ax, (measure, name) in zip(axes, MEASURES.items(), strict=True):
+        _interval_panel(ax, summary.poi[measure], colors, f"P({REFERENCE} > variant), {name}", reference=0.5)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("probability of improvement [95% CI]")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -186,12 +207,13 @@ def _plot_pca(summary: Summary, path: Path, colors: dict) -> None:
     plt.close(fig)
 
 
-def _claim_lines(study: Study, summary: Summary) -> list[str]:
+def _claim_lines(study: Study, summary: Summary, measure: str) -> list[str]:
     lines = []
     if REFERENCE not in study.runs:
         return [f"- No `{REFERENCE}` runs: the paper's claims cannot be checked."]
-    verdicts = {v: _verdict(summary.poi[v]) for v in ("symmetric", "no_off_policy") if v in summary.poi}
-    absent = [v for v in ("symmetric", "no_off_policy") if v not in summary.poi]
+    poi, name = summary.poi[measure], MEASURES[measure]
+    verdicts = {v: _verdict(poi[v]) for v in ("symmetric", "no_off_policy") if v in poi}
+    absent = [v for v in ("symmetric", "no_off_policy") if v not in poi]
     relative = {"better": f"worse than {REFERENCE}", "worse": f"better than {REFERENCE}",
                 "indistinguishable": f"indistinguishable from {REFERENCE}", "unknown": "no scores"}  # fmt: skip
     detail = ", ".join([f"`{v}` {relative[w]}" for v, w in verdicts.items()]
@@ -205,19 +227,20 @@ def _claim_lines(study: Study, summary: Summary) -> list[str]:
     else:
         status = "not supported (not clearly worse)"
     claim = "*`symmetric` and `no_off_policy` are clearly worse than `sapg`*"
-    lines.append(f"- Paper: {claim} — **{status}** ({detail}).")
+    lines.append(f"- Paper: {claim} — on the {name}: **{status}** ({detail}).")
     n = study.setting("env.num_envs")
     scale = (f"N = {n} here, the paper's default is {PAPER_NUM_ENVS}"
              + ("; a check at small N" if isinstance(n, int) and n < PAPER_NUM_ENVS // 4 else ""))  # fmt: skip
-    baselines = dict.fromkeys(v for v in ("no_split", summary.tuned_ppo) if v in summary.poi)
+    baselines = dict.fromkeys(v for v in ("no_split", summary.tuned_ppo.get(measure)) if v in poi)
     for baseline in baselines:
-        w = _verdict(summary.poi[baseline])
-        p = _ci(summary.poi[baseline], 3)
+        w = _verdict(poi[baseline])
+        p = _ci(poi[baseline], 3)
         status = {"better": "holds (sapg better)", "indistinguishable": "holds (sapg not worse; indistinguishable)",
                   "worse": "contradicted (sapg worse)", "unknown": "not tested (no scores)"}[w]  # fmt: skip
         which = "the paper's PPO" if baseline == "no_split" else "the tuned PPO baseline"
-        lines.append(f"- Paper: *`sapg` is at least as good as PPO at large N*, against {which} (`{baseline}`) — "
-                     f"**{status}** (P({REFERENCE} > {baseline}) = {p}; {scale}).")  # fmt: skip
+        lines.append(f"- Paper: *`sapg` is at least as good as PPO at large N*, against {which} (`{baseline}`), on the "
+                     f"{name} — **{status}** (P({REFERENCE} > {baseline}) = {p}, IQM difference "
+                     f"{_signed(summary.effect[measure][baseline])}; {scale}).")  # fmt: skip
     if not baselines:
         lines.append(f"- Paper: *`sapg` is at least as good as PPO (`no_split`) at large N* — **not tested** "
                      f"(no `no_split` runs; {scale}).")  # fmt: skip
@@ -263,27 +286,42 @@ def _render(study: Study, summary: Summary, command: str, study_command: str, re
         out.append("")
 
     out += ["## Asymptotic performance", "",
-            "Per variant, across seeds: interquartile mean (IQM) with a 95% stratified-bootstrap interval "
-            f"(rliable, {reps} replications, percentile method). *Final return*: the leader's mean episode "
-            "return (`return/leader`) over the last 10% of the frame budget. *Eval return*: the final "
-            "deterministic evaluation of the leader on fresh envs (`result.json` `eval/return`). "
-            f"*P({REFERENCE} > variant)*: rliable's probability of improvement of `{REFERENCE}` over the "
-            "variant on the final return, with its 95% interval. *Diverged*: runs stopped by non-finite losses; "
-            f"from the iteration they diverged on, their return (and eval return) counts as {_num(study.floor)}, "
-            "the lowest leader return any run of the study logged.", "",
-            "| variant | seeds | diverged | final return IQM [95% CI] | eval return IQM [95% CI] "
-            f"| P({REFERENCE} > variant) [95% CI] |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
+            "Two co-primary measures, both of the leader: the *training return*, "
+            f"{MEASURE_TEXT['final']}; and the *evaluation return*, {MEASURE_TEXT['eval']}. Per variant, across "
+            "seeds: interquartile mean (IQM) with a 95% stratified-bootstrap interval "
+            f"(rliable, {reps} replications, percentile method); *P({REFERENCE} > variant)*: rliable's probability "
+            f"of improvement of `{REFERENCE}` over the variant; *effect*: IQM({REFERENCE}) - IQM(variant) in the "
+            "measure's units, with its interval (runs of both resampled). *Diverged*: runs stopped by non-finite "
+            f"losses; from the iteration they diverged on, both their returns count as {_num(study.floor)}, the "
+            "lowest leader return any run of the study logged.", ""]  # fmt: skip
+    for measure, name in MEASURES.items():
+        out += [f"### {name.capitalize()}", "",
+                f"| variant | seeds | diverged | IQM [95% CI] | P({REFERENCE} > variant) [95% CI] "
+                f"| effect: IQM({REFERENCE}) - IQM(variant) [95% CI] |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for v in variants:
+            poi = DASH if v == REFERENCE or v not in s.poi[measure] else _ci(s.poi[measure][v], 3)
+            effect = DASH if v == REFERENCE or v not in s.effect[measure] else _signed(s.effect[measure][v])
+            out.append(f"| {_label(v, study, s, measure)} | {len(study.runs[v])} | {_diverged(study, v)} "
+                       f"| {_ci(s.iqm[measure][v])} | {poi} | {effect} |")  # fmt: skip
+        out.append("")
+        if study.ppo_grid:
+            grid = ", ".join(f"`{v}` (entropy {c:g}): {_ci(s.iqm[measure][v])}" for v, c in study.ppo_grid.items())
+            out += [f"*PPO entropy grid* (one block, {name}): {grid}. The tuned PPO baseline on this measure is its "
+                    f"best point, `{s.tuned_ppo.get(measure, 'n/a')}`, chosen on these same seeds (a selection that "
+                    "favours PPO); `no_split` is the paper's PPO (entropy 0).", ""]  # fmt: skip
+    rules = sorted({run.kl_rows for run in study.all_runs})
+    out += ["### Learning rates", "",
+            "The KL-adaptive learning rate reacts to each variant's own data, so a variant's verdict also carries "
+            f"the rate it trained at. The KL that drives it is measured on: {', '.join(f'`{r}`' for r in rules)} "
+            "rows (`ppo.kl_rows`; runs without relabelled rows measure on-policy rows whatever the setting). "
+            "*Median lr*: the median over seeds of each run's median `train/lr` over its iterations; *at cap*: the "
+            f"mean fraction of iterations at the schedule's upper bound ({LR_BOUNDS[1]:g}).", "",
+            "| variant | median lr | at cap |", "|---|---|---|"]  # fmt: skip
     for v in variants:
-        poi = DASH if v == REFERENCE or v not in s.poi else _ci(s.poi[v], 3)
-        out.append(f"| {_label(v, study, s)} | {len(study.runs[v])} | {_diverged(study, v)} | {_ci(s.iqm['final'][v])} "
-                   f"| {_ci(s.iqm['eval'][v])} | {poi} |")  # fmt: skip
+        lr, at_cap = s.lr[v]
+        out.append(f"| {v} | {_num(lr, 3)} | {'n/a' if not math.isfinite(at_cap) else f'{at_cap:.0%}'} |")
     out.append("")
-    if study.ppo_grid:
-        grid = ", ".join(f"`{v}` (entropy {c:g}): {_ci(s.iqm['final'][v])}" for v, c in study.ppo_grid.items())
-        out += [f"*PPO entropy grid* (one block, final return): {grid}. The tuned PPO baseline is its best point, "
-                f"`{s.tuned_ppo}`, chosen on these same seeds (a selection that favours PPO); `no_split` is the "
-                "paper's PPO (entropy 0).", ""]  # fmt: skip
 
     out += ["## Sample efficiency", "",
             f"*Normalised AUC*: area under the leader's learning curve over the budget, divided by the budget, "
@@ -341,16 +379,18 @@ def _render(study: Study, summary: Summary, command: str, study_command: str, re
     out += ["## Findings", ""]
     if s.best_variant is not None:
         out.append(f"- Best IQM final return: `{s.best_variant}` ({_ci(s.iqm['final'][s.best_variant])}).")
-    if s.poi:
-        for v, interval in s.poi.items():
+    for measure, name in MEASURES.items():
+        for v, interval in s.poi[measure].items():
             w = _verdict(interval)
             why = {"better": "interval above 0.5", "worse": "interval below 0.5",
                    "indistinguishable": "interval contains 0.5", "unknown": "no scores"}[w]  # fmt: skip
             text = {"better": f"`{REFERENCE}` is better than `{v}`", "worse": f"`{REFERENCE}` is worse than `{v}`",
                     "indistinguishable": f"`{REFERENCE}` and `{v}` are indistinguishable",
                     "unknown": f"`{REFERENCE}` vs `{v}`: unknown"}[w]  # fmt: skip
-            out.append(f"- {text}: P({REFERENCE} > {v}) = {_ci(interval, 3)} ({why}).")
-    out += _claim_lines(study, s)
+            out.append(f"- {name.capitalize()}: {text}: P({REFERENCE} > {v}) = {_ci(interval, 3)} ({why}); effect "
+                       f"{_signed(s.effect[measure][v])}.")  # fmt: skip
+    for measure in MEASURES:
+        out += _claim_lines(study, s, measure)
     lo, hi = min(len(r) for r in study.runs.values()), max(len(r) for r in study.runs.values())
     out += ["", f"With {lo if lo == hi else f'{lo} to {hi}'} seed{'s' * (hi != 1)} per variant, \"indistinguishable\" "
             "can mean too few seeds rather than equal performance.", ""]  # fmt: skip
@@ -400,7 +440,7 @@ def write_report(
     if any("pca" in d for d in summary.diversity.values()):
         plots.append("pca_curves.png")
         _plot_pca(summary, out_dir / plots[-1], colors)
-    if summary.poi:
+    if summary.poi["final"]:
         plots.append("probability_of_improvement.png")
         _plot_poi(summary, out_dir / plots[-1], colors)
     text = _render(study, summary, command, study_command or default_study_command(study), reps, plots)

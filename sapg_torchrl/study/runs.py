@@ -36,6 +36,7 @@ SHARED_KEYS = (
     ("env.num_envs", "N"),
     ("ppo.horizon", "T"),
     ("total_frames", "frame budget"),
+    ("network.max_log_std", "log-std cap"),
 )
 
 
@@ -67,6 +68,9 @@ class Run:
         frames (np.ndarray): ``frames`` of every iteration (``metrics.csv``).
         leader_return (np.ndarray): ``return/leader`` of every iteration (``NaN`` before the first episode); a
             diverged run's is extended to its budget at the study's floor (see :func:`load_study`).
+        eval_return (np.ndarray): ``eval/return`` of every logged iteration (``NaN`` where the leader was not
+            evaluated).
+        lr (np.ndarray): ``train/lr`` of every logged iteration, the learning rate the iteration's update ended at.
         result (dict): ``result.json``.
         states_path (Path or None): ``states.pt`` when the run recorded states.
         choices (dict): Hydra's group choices of the run (``.hydra/hydra.yaml``; empty if absent).
@@ -79,6 +83,8 @@ class Run:
     config: dict
     frames: np.ndarray
     leader_return: np.ndarray
+    eval_return: np.ndarray
+    lr: np.ndarray
     result: dict
     states_path: Path | None = None
     choices: dict = field(default_factory=dict)
@@ -96,6 +102,15 @@ class Run:
     @property
     def num_blocks(self) -> int:
         return int(_get(self.config, "sapg.num_blocks", 1))
+
+    @property
+    def kl_rows(self) -> str:
+        """The rows the learning rate's KL was measured on, in kind: ``"on_policy"`` where the run had no relabelled
+        rows (every row is on-policy: one block, or ``sapg.aggregation: none``), else ``ppo.kl_rows`` (``"all"`` in
+        runs written before the setting existed, the behaviour they ran with)."""
+        if self.num_blocks == 1 or _get(self.config, "sapg.aggregation") == "none":
+            return "on_policy"
+        return str(_get(self.config, "ppo.kl_rows", "all"))
 
     @property
     def diverged_at(self) -> int | None:
@@ -205,6 +220,9 @@ def _load_run(run_dir: Path) -> Run:
         raise ValueError(f"metrics.csv's frames do not increase (row {row + 1}: {frames[row]:g} after "
                          f"{frames[row - 1]:g}): two processes wrote it?")  # fmt: skip
     leader = pd.to_numeric(metrics["return/leader"], errors="coerce").to_numpy(np.float64)
+    nan = np.full(len(metrics), np.nan)
+    evaluation = pd.to_numeric(metrics["eval/return"], errors="coerce").to_numpy(np.float64) if "eval/return" in metrics else nan
+    lr = pd.to_numeric(metrics["train/lr"], errors="coerce").to_numpy(np.float64) if "train/lr" in metrics else nan
     result = json.loads((run_dir / "result.json").read_text())
     choices, overrides = {}, []
     hydra_dir = run_dir / ".hydra"
@@ -214,8 +232,8 @@ def _load_run(run_dir: Path) -> Run:
         overrides = [str(o) for o in (_load_yaml(hydra_dir / "overrides.yaml") or [])]
     seed = int(config.get("seed", seed))
     states = run_dir / "states.pt"
-    return Run(variant, seed, run_dir, config, frames, leader, result, states if states.exists() else None,
-               choices, overrides)  # fmt: skip
+    return Run(variant, seed, run_dir, config, frames, leader, evaluation, lr, result,
+               states if states.exists() else None, choices, overrides)  # fmt: skip
 
 
 def _describe(values: dict) -> str:
@@ -247,6 +265,11 @@ def _check(runs: dict[str, list[Run]]) -> tuple[list[str], list[str]]:
         if values:
             mismatches.append(f"{label} (`{key}`) differs between runs: {_describe(values)}")
     # the one-block PPO variants (no_split and the ppo_entropy* grid built on it) have M = 1 by design
+    rule: dict = {}
+    for run in everything:
+        rule.setdefault(run.kl_rows, []).append(run.name)
+    if len(rule) > 1:
+        mismatches.append(f"the learning rate's KL rows (`ppo.kl_rows`, in kind) differ between runs: {_describe(rule)}")
     blocks = differing("sapg.num_blocks", [run for run in everything if not _is_ppo_variant(run.variant)])
     if blocks:
         mismatches.append(

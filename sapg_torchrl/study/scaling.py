@@ -6,11 +6,14 @@ exploration. ``recipes/study.py --config-name scaling`` runs ``sapg`` and the tu
 variant's score at each ``N`` as an IQM with a 95% stratified-bootstrap interval, and ``P(sapg > variant)`` at
 each ``N``, for two measures of the leader at the end of the budget:
 
-- ``"eval"``: its final deterministic evaluation on fresh envs (full episodes, the same at every ``N``);
 - ``"final"``: its training return over the last 10% of the budget, as in the study's report. At a fixed frame
   budget each env steps ``budget / N`` times: where that is under two of the longest episodes, the window holds
   only the episodes that ended early (e.g. MountainCar's flag reached), or none (the run is left out of that
-  aggregate and counted), so this measure is not comparable across ``N`` there, and the report says so.
+  aggregate and counted), so this measure is not comparable across ``N`` there, and the report says so;
+- ``"eval"``: the mean of its last 3 deterministic evaluations on fresh envs (full episodes, the same at every
+  ``N``).
+
+These are the study's two measures (:data:`~sapg_torchrl.study.summary.MEASURES`).
 
 :func:`write_scaling_report` writes ``scaling.md`` and ``scaling.png``. A study folder of the same task and budget
 at another ``N`` (e.g. the ablation study's) can be added: only the variants found at two or more ``N`` are
@@ -28,14 +31,12 @@ import numpy as np
 
 from sapg_torchrl.study.render import variant_colors
 from sapg_torchrl.study.runs import REFERENCE, Study, comparable
-from sapg_torchrl.study.summary import Interval, improvement_over, summarize
+from sapg_torchrl.study.summary import MEASURES, Interval, improvement_over, summarize
 
-__all__ = ["MEASURES", "Scaling", "scaling_summary", "trend", "write_scaling_report"]
+__all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
 
 # settings every study of a scaling sweep shares (dotted config key, name in the messages)
 _SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"), ("total_frames", "frame budget"))
-MEASURES = {"eval": "final evaluation return", "final": "final training return"}
-"""The scaling report's measures (keys of :attr:`Summary.per_run`), the comparable one first."""
 
 
 @dataclass
@@ -147,7 +148,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
         notes.append(
             f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
             f"({episode_steps} steps) in the budget: there the final training return averages only the episodes "
-            "that ended early (or none), so it is not comparable across N; the final evaluation is"
+            "that ended early (or none), so it is not comparable across N; the evaluation return is comparable"
         )
     for n in num_envs:  # the summaries' own notes are about measures this report leaves out or counts per cell
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes)]
@@ -200,8 +201,8 @@ def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) ->
     rule = "|---" * (len(scaling.num_envs) + 2) + "|"
     longest = f" (longest episode: {scaling.episode_steps})" if scaling.episode_steps else ""
     about = (
-        "Each run collects {budget:.4g} frames. *Final evaluation return*: the leader's final deterministic evaluation "
-        "on fresh envs. *Final training return*: its mean return over the last 10% of the budget. IQM over seeds with "
+        "Each run collects {budget:.4g} frames. *Evaluation return*: the mean of the leader's last 3 deterministic "
+        "evaluations on fresh envs. *Training return*: its mean return over the last 10% of the budget. IQM over seeds with "
         "a 95% stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
         "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
         "below the largest's, `saturates` when neither and the best N is not the largest."

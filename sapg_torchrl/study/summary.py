@@ -14,19 +14,30 @@ from sapg_torchrl.metrics import (
     curve_area,
     final_performance,
     frames_to_threshold,
+    iqm_difference,
     iqm_with_ci,
     load_states,
     normalized_auc,
     pca_reconstruction_error,
     probability_of_improvement,
 )
+from sapg_torchrl.loss import LR_BOUNDS
 from sapg_torchrl.study.runs import REFERENCE, Study
 
-__all__ = ["Summary", "summarize", "Interval"]
+__all__ = ["MEASURES", "Summary", "summarize", "Interval"]
 
 FINAL_FRACTION = 0.1  # asymptotic performance: the last 10% of the budget
+EVAL_POINTS = 3  # the evaluation measure: the mean of the last 3 evaluations of the leader
 THRESHOLD_FRACTION = 0.8  # sample efficiency: frames to reach low + 0.8 * (high - low)
 BOTTLENECKS = (1, 2, 4)
+
+MEASURES = {
+    "final": "training return",
+    "eval": "evaluation return",
+}
+"""The two co-primary measures of asymptotic performance, both of the leader: ``final``, the paper's (the mean
+return of its training episodes over the last 10% of the budget, exploration noise included), and ``eval``, its
+deterministic evaluation on fresh envs, averaged over the last 3 evaluation points (one evaluation is noisy)."""
 
 Interval = tuple[float, float, float]
 NAN_INTERVAL: Interval = (math.nan, math.nan, math.nan)
@@ -38,15 +49,18 @@ class Summary:
 
     Attributes:
         per_run (dict): variant -> {metric -> array over the variant's runs (seed order)}: ``final``
-            (leader's mean return over the last 10% of the budget), ``eval`` (final evaluation return),
-            ``auc`` (normalised AUC), ``frames`` (frames to threshold, the budget when not reached),
-            ``reached`` (bool).
+            (leader's mean return over the last 10% of the budget), ``eval`` (mean of the leader's last 3
+            evaluations), ``auc`` (normalised AUC), ``frames`` (frames to threshold, the budget when not reached),
+            ``reached`` (bool), ``lr`` (the run's median learning rate over its iterations), ``lr_at_cap`` (the
+            fraction of its iterations at the schedule's upper bound).
         iqm (dict): metric (``final``, ``eval``, ``auc``, ``frames``) -> variant -> ``(iqm, low, high)``.
-        poi (dict): ablation -> ``(P(sapg > ablation), low, high)`` on ``final``.
+        poi (dict): measure (:data:`MEASURES`) -> variant -> ``(P(sapg > variant), low, high)``.
+        effect (dict): measure -> variant -> ``(IQM(sapg) - IQM(variant), low, high)``, in the measure's units.
+        lr (dict): variant -> ``(median over seeds of the runs' median learning rates, mean fraction at the cap)``.
         low, high, threshold (float): AUC normalisation and the threshold of frames-to-threshold.
         best_variant (str): the variant with the highest IQM of ``final``.
-        tuned_ppo (str): the PPO variant (one block, see :attr:`Study.ppo_grid`) with the highest IQM of
-            ``final``: the tuned PPO baseline (``None`` without PPO variants).
+        tuned_ppo (dict): measure -> the PPO variant (one block, see :attr:`Study.ppo_grid`) with the highest IQM on
+            that measure: the tuned PPO baseline, chosen per measure (empty without PPO variants).
         diversity (dict): variant -> {``states``, ``pca`` (curve), ``pca_area``, ``ae`` ({width: error}),
             ``entropy``, ``kl``}.
         curves (dict): variant -> ``(grid, iqm, band_low, band_high)`` of the leader's return.
@@ -56,11 +70,13 @@ class Summary:
     per_run: dict
     iqm: dict
     poi: dict
+    effect: dict
+    lr: dict
     low: float
     high: float
     threshold: float
     best_variant: str | None
-    tuned_ppo: str | None
+    tuned_ppo: dict
     diversity: dict
     curves: dict
     bottlenecks: tuple
@@ -83,9 +99,12 @@ def _finite_iqm(scores: dict[str, np.ndarray], reps: int, seed: int) -> dict[str
     return out
 
 
-def improvement_over(per_run: dict, metric: str, *, reps: int = 2000, seed: int = 0) -> dict[str, Interval]:
-    """``P(sapg > variant)`` on one per-run ``metric`` (``"final"`` or ``"eval"`` of :attr:`Summary.per_run`),
-    for every variant but ``sapg``, over the runs with a finite value; empty without ``sapg``."""
+def improvement_over(
+    per_run: dict, metric: str, *, reps: int = 2000, seed: int = 0, compare=probability_of_improvement
+) -> dict[str, Interval]:
+    """``compare(sapg, variant)`` on one per-run ``metric`` (``"final"`` or ``"eval"`` of :attr:`Summary.per_run`)
+    for every variant but ``sapg``, over the runs with a finite value: ``P(sapg > variant)`` by default, or e.g.
+    :func:`~sapg_torchrl.metrics.iqm_difference`; empty without ``sapg``."""
     if REFERENCE not in per_run:
         return {}
     x = per_run[REFERENCE][metric]
@@ -94,8 +113,29 @@ def improvement_over(per_run: dict, metric: str, *, reps: int = 2000, seed: int 
     for variant, d in per_run.items():
         if variant != REFERENCE:
             y = d[metric][np.isfinite(d[metric])]
-            out[variant] = probability_of_improvement(x, y, reps=reps, seed=seed) if x.size and y.size else NAN_INTERVAL
+            out[variant] = compare(x, y, reps=reps, seed=seed) if x.size and y.size else NAN_INTERVAL
     return out
+
+
+def last_evaluations(run, points: int = EVAL_POINTS) -> float:
+    """The mean of the leader's last ``points`` evaluation returns of ``run`` (fewer if it has fewer; ``NaN`` if
+    none).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> last_evaluations(SimpleNamespace(eval_return=np.array([np.nan, 1.0, np.nan, 2.0, 3.0, 7.0])))
+        4.0
+    """
+    values = run.eval_return[np.isfinite(run.eval_return)]
+    return float(values[-points:].mean()) if values.size else math.nan
+
+
+def _learning_rates(runs, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's median learning rate over its iterations, and the fraction of them at ``cap``."""
+    medians = np.array([np.nanmedian(r.lr) if np.isfinite(r.lr).any() else math.nan for r in runs])
+    at_cap = np.array([np.mean(r.lr[np.isfinite(r.lr)] >= cap * (1 - 1e-6)) if np.isfinite(r.lr).any() else math.nan
+                       for r in runs])  # fmt: skip
+    return medians, at_cap
 
 
 def _learning_curves(study: Study, points: int, reps: int, seed: int) -> dict:
@@ -202,14 +242,18 @@ def summarize(
     - ``final``: :func:`~sapg_torchrl.metrics.final_performance` of ``return/leader`` over the last 10% of
       the run's budget (its last logged frame); runs without a finished episode there are left out of the
       aggregates (noted).
-    - ``eval``: ``result.json``'s ``eval/return`` (the final deterministic evaluation); a diverged run's is
-      the study's floor, like its return from the iteration it diverged on.
+    - ``eval``: the mean of the leader's last 3 deterministic evaluations (``eval/return`` in ``metrics.csv``;
+      :func:`last_evaluations`); a diverged run's is the study's floor, like its return from the iteration it
+      diverged on.
     - ``auc``: :func:`~sapg_torchrl.metrics.normalized_auc` with ``low`` the minimum of all runs' leader
       returns and ``high`` the best variant's IQM of ``final``.
     - ``frames``: :func:`~sapg_torchrl.metrics.frames_to_threshold` at ``low + 0.8 (high - low)``; a run
       that never reaches it counts as its budget.
-    - IQM and intervals: :func:`~sapg_torchrl.metrics.iqm_with_ci` (``reps`` replications, ``seed``);
-      probability of improvement of ``sapg`` over each other variant on ``final``.
+    - IQM and intervals: :func:`~sapg_torchrl.metrics.iqm_with_ci` (``reps`` replications, ``seed``); on both
+      measures (:data:`MEASURES`), the probability of improvement of ``sapg`` over each other variant and the
+      effect size :func:`~sapg_torchrl.metrics.iqm_difference`; the tuned PPO baseline per measure.
+    - learning rates: each run's median ``train/lr`` and the fraction of its iterations at the schedule's upper
+      bound; per variant the median over seeds and the mean fraction.
     - diversity: the states of all seeds of a variant pooled, then
       :func:`~sapg_torchrl.metrics.pca_reconstruction_error` (equal count per variant) and its
       :func:`~sapg_torchrl.metrics.curve_area`, :func:`~sapg_torchrl.metrics.autoencoder_reconstruction_error`
@@ -219,13 +263,15 @@ def summarize(
     notes: list[str] = []
     per_run: dict = {}
     for variant, runs in study.runs.items():
+        lr, at_cap = _learning_rates(runs, LR_BOUNDS[1])
         per_run[variant] = {
             "final": np.array([final_performance(r.frames, r.leader_return, FINAL_FRACTION) for r in runs]),
-            "eval": np.array([study.floor if r.diverged_at is not None else _float(r.result.get("eval/return"))
-                              for r in runs]),  # fmt: skip
+            "eval": np.array([study.floor if r.diverged_at is not None else last_evaluations(r) for r in runs]),
+            "lr": lr,
+            "lr_at_cap": at_cap,
         }
     for metric, what in (("final", "no finished episode in the last 10% of the budget"),
-                         ("eval", "no final evaluation return")):  # fmt: skip
+                         ("eval", "no evaluation return")):  # fmt: skip
         bad = []
         for variant, runs in study.runs.items():
             missing = [r.seed for r, v in zip(runs, per_run[variant][metric], strict=True) if not math.isfinite(v)]
@@ -240,8 +286,14 @@ def summarize(
 
     finals = {v: t[0] for v, t in iqm["final"].items() if math.isfinite(t[0])}
     best = max(finals, key=finals.get) if finals else None
-    ppo = [v for v in study.ppo_grid if v in finals]
-    tuned_ppo = max(ppo, key=finals.get) if ppo else None
+    tuned_ppo = {}
+    for measure in MEASURES:
+        points = {v: iqm[measure][v][0] for v in study.ppo_grid if math.isfinite(iqm[measure][v][0])}
+        if points:
+            tuned_ppo[measure] = max(points, key=points.get)
+    lr = {v: (float(np.nanmedian(d["lr"])) if np.isfinite(d["lr"]).any() else math.nan,
+              float(np.nanmean(d["lr_at_cap"])) if np.isfinite(d["lr_at_cap"]).any() else math.nan)
+          for v, d in per_run.items()}  # fmt: skip
     values = np.concatenate([r.leader_return for r in study.all_runs])
     low = float(np.nanmin(values)) if np.isfinite(values).any() else math.nan
     high = finals[best] if best is not None else math.nan
@@ -263,10 +315,12 @@ def summarize(
     iqm["auc"] = _finite_iqm({v: d["auc"] for v, d in per_run.items()}, reps, seed)
     iqm["frames"] = _finite_iqm({v: d["frames"] for v, d in per_run.items()}, reps, seed)
 
-    poi = improvement_over(per_run, "final", reps=reps, seed=seed)
+    poi = {m: improvement_over(per_run, m, reps=reps, seed=seed) for m in MEASURES}
+    effect = {m: improvement_over(per_run, m, reps=reps, seed=seed, compare=iqm_difference) for m in MEASURES}
     div, bottlenecks = _diversity(study, seed, max_states, ae_epochs, notes) if diversity else ({}, ())
     curves = _learning_curves(study, curve_points, reps, seed)
-    return Summary(per_run, iqm, poi, low, high, threshold, best, tuned_ppo, div, curves, bottlenecks, notes)
+    return Summary(per_run, iqm, poi, effect, lr, low, high, threshold, best, tuned_ppo, div, curves, bottlenecks,
+                   notes)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -27,22 +27,18 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.loss import KL_REFERENCES
+from sapg_torchrl.loss import KL_REFERENCES, KL_ROWS, LR_BOUNDS, LR_FACTOR
 from sapg_torchrl.targets import CRITIC_TARGETS
 from sapg_torchrl.training.distributed import BACKENDS
 
 __all__ = [
-    "COUNT", "LR_BOUNDS", "LR_FACTOR", "NATURAL", "NON_NEGATIVE", "POSITIVE", "PRECISIONS", "UNIT", "Either",
+    "COUNT", "NATURAL", "NON_NEGATIVE", "POSITIVE", "PRECISIONS", "UNIT", "Either",
     "ListOf", "Matches", "Number", "OneOf", "PPOSettings", "TrainSettings", "accepted_text", "check", "field_type",
     "fields_of", "setting",
 ]  # fmt: skip
 
 PRECISIONS = ("float32", "bfloat16")
 """``train.precision``: the update's forward passes in float32, or under bf16 autocast."""
-LR_FACTOR = 1.5
-"""The KL-adaptive learning rate's step: ``x LR_FACTOR`` below half the target KL, ``/ LR_FACTOR`` above twice it."""
-LR_BOUNDS = (1e-6, 1e-2)
-"""The KL-adaptive learning rate's bounds (rl_games')."""
 
 # -- what a field accepts ----------------------------------------------------------------------------------------
 
@@ -178,8 +174,14 @@ class PPOSettings:
     kl_reference: str = setting(
         "previous_epoch",
         "the KL of that schedule: ``previous_epoch`` (code: analytic, to each row's policy of the previous epoch, "
-        "all rows) | ``behaviour`` (TorchRL's sample estimate, on-policy rows)",
+        "over ``kl_rows``) | ``behaviour`` (TorchRL's sample estimate, on-policy rows)",
         OneOf(*KL_REFERENCES),
+    )
+    kl_rows: str = setting(
+        "all",
+        "the rows of the ``previous_epoch`` KL: ``all`` (code: relabelled rows included, whose first-epoch reference "
+        "is a follower's policy) | ``on_policy`` (the same kind of rows for every variant; the study's rule)",
+        OneOf(*KL_ROWS),
     )
     clip_epsilon: float = setting(0.2, "PPO clip range", Number(0, 1, open_lo=True, open_hi=True))
     gamma: float = setting(0.99, "discount", UNIT)

@@ -30,7 +30,7 @@ from torchrl.objectives.value import GAE
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.loss import LR_BOUNDS, LR_FACTOR, SAPGLoss
 from sapg_torchrl.targets import (
     ADVANTAGE_NORMS,
     fill_lost_final_observations,
@@ -39,7 +39,7 @@ from sapg_torchrl.targets import (
     standardize_advantage,
 )
 from sapg_torchrl.training.distributed import SINGLE, Ranks, update_running_norm
-from sapg_torchrl.training.settings import LR_BOUNDS, LR_FACTOR, PPOSettings, TrainSettings, check
+from sapg_torchrl.training.settings import PPOSettings, TrainSettings, check
 
 __all__ = ["PPOUpdate", "minibatch_sizes"]
 
