@@ -135,22 +135,73 @@ def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys)
 
 @pytest.mark.parametrize(
     "case, message",
-    [("one", "two or more N"), ("same_n", "two study folders have N=12"), ("other_task", "task (env.make.env_name) differs")],
+    [("one", "two or more N"), ("same_n", "two study folders have N=12"), ("other_task", "task (env.make.env_name) differs"),
+     ("other_budget", "neither one frame budget nor one number of iterations")],
 )
 def test_scaling_report_refuses_folders_that_do_not_compare(scaling_folders, tmp_path, capsys, case, message):
     folders = {"one": [scaling_folders / "N12"],
                "same_n": [scaling_folders / "N12", scaling_folders / "N24", tmp_path / "copy"],
-               "other_task": [scaling_folders / "N12", tmp_path / "copy"]}[case]  # fmt: skip
+               "other_task": [scaling_folders / "N12", tmp_path / "copy"],
+               "other_budget": [scaling_folders / "N12", tmp_path / "copy"]}[case]  # fmt: skip
     if case != "one":
         source = scaling_folders / "N12" / "sapg" / "seed0"
         _write_run(tmp_path / "copy" / "sapg" / "seed0", "sapg", 0, np.full(FRAMES.size, 10.0),
                    num_envs=12 if case == "same_n" else 96)  # fmt: skip
-        if case == "other_task":
+        if case in ("other_task", "other_budget"):
             config = yaml.safe_load((source / "config.yaml").read_text())
-            config["env"] = {"make": {"env_name": "Other-v0"}, "num_envs": 96}
+            if case == "other_task":
+                config["env"] = {"make": {"env_name": "Other-v0"}, "num_envs": 96}
+            else:  # 1500 frames at N = 96: 4 iterations, where N = 12's 1000 frames are 21
+                config |= {"env": {**config["env"], "num_envs": 96}, "total_frames": 1500}
             (tmp_path / "copy" / "sapg" / "seed0" / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as exit_:
         report.main(["--scaling", *map(str, folders), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_at_a_fixed_number_of_iterations_compares_with_budgets_that_grow_with_n(scaling_folders, tmp_path):
+    """The budget grows with N at one number of iterations (``scaling_hopper``): accepted, reported as such, and
+    plotted against N and against the frames collected."""
+    for n in PPO_AT:  # N = 12's 1000 frames are 21 iterations of 12 x 4; the others get the frames of 21 iterations
+        shutil.copytree(scaling_folders / f"N{n}", tmp_path / f"N{n}")
+        for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):
+            frames = 1000 if n == 12 else 21 * n * 4
+            config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "total_frames": frames}))
+    scaling = scaling_summary([load_study(tmp_path / f"N{n}") for n in PPO_AT], reps=100)
+    assert scaling.budget is None and scaling.iterations == 21
+    assert scaling.budgets == {12: 1000.0, 24: 2016.0, 48: 4032.0}
+    out = tmp_path / "report"
+    assert report.main(["--scaling", *(str(tmp_path / f"N{n}") for n in PPO_AT), "--out", str(out), "--reps", "100"])
+    text = (out / "scaling.md").read_text()
+    assert "Each run runs 21 iterations, so the frames grow with N (1000 at N=12, 2016 at N=24, 4032 at N=48)" in text
+    assert "| steps per env | 83 | 84 | 84 |" in text
+
+
+def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_minibatches():
+    """``scaling_hopper``: 123 iterations at every N, the study's settings on Hopper; ``scaling_hopper_coscaled``: the
+    same, with the minibatch size of N = 1536 kept (4, 8, 16 minibatches), the same for sapg and PPO."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sapg_torchrl.cli import CONFIG_DIR
+
+    def cfg(name, *overrides):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                return compose(name, overrides=list(overrides), return_hydra_config=True)
+        finally:
+            GlobalHydra.instance().clear()
+
+    for n, minibatches in ((1536, 4), (3072, 8), (6144, 16)):
+        for ablation in ("sapg", "ppo_entropy_0.005"):
+            fixed = cfg("scaling_hopper", f"env.num_envs={n}", f"ablation={ablation}")
+            coscaled = cfg("scaling_hopper_coscaled", f"env.num_envs={n}", f"ablation={ablation}")
+            assert fixed.env.make.env_name == "Hopper-v4" and fixed.total_frames == 123 * n * 16
+            assert (fixed.ppo.num_minibatches, coscaled.ppo.num_minibatches) == (4, minibatches)
+            assert fixed.ppo.kl_rows == "on_policy" and fixed.network.max_log_std == 0.5
+    assert cfg("scaling_hopper").hydra.sweeper.params["env.num_envs"] == "1536,3072,6144"
+    with pytest.raises(Exception, match="env.num_envs=1000 is not accepted here: 4 x N / 1536 must be a whole number"):
+        cfg("scaling_hopper_coscaled", "env.num_envs=1000").ppo.num_minibatches

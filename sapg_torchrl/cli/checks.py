@@ -242,14 +242,33 @@ def _hydra_subdir(*, _root_) -> str:
     return ".hydra/rerun" if (Path(_root_.hydra.runtime.output_dir) / ".hydra").is_dir() else ".hydra"
 
 
+def _frames_of_iterations(iterations, *, _root_) -> int:
+    return int(iterations) * int(_root_.env.num_envs) * int(_root_.ppo.horizon)
+
+
+def _scaled_with_n(count, num_envs, *, _root_) -> int:
+    n, count, num_envs = int(_root_.env.num_envs), int(count), int(num_envs)
+    if (count * n) % num_envs:
+        raise ValueError(f"env.num_envs={n} is not accepted here: {count} x N / {num_envs} must be a whole number")
+    return count * n // num_envs
+
+
 def register_resolvers() -> None:
-    """Registers ``${sapg_env_preset:}``, the chosen env preset's name, for the recipes' configs (the study's
-    default name), and ``${sapg_hydra_subdir:}``, where a job writes Hydra's config files (``.hydra``, or
-    ``.hydra/rerun`` when the run folder already has them). It resolves both where Hydra's ``${hydra:runtime.choices.env}`` does and in the sweep
-    folder of a multirun."""
+    """Registers the recipes' resolvers:
+
+    - ``${sapg_env_preset:}``, the chosen env preset's name (the study's default name), resolved where Hydra's
+      ``${hydra:runtime.choices.env}`` is and in the sweep folder of a multirun;
+    - ``${sapg_hydra_subdir:}``, where a job writes Hydra's config files (``.hydra``, or ``.hydra/rerun`` when the
+      run folder already has them);
+    - ``${sapg_frames_of_iterations:<k>}``, the frames of ``k`` iterations at the config's ``N`` and ``T``: a frame
+      budget that grows with ``N`` (the scaling sweep at a fixed number of updates);
+    - ``${sapg_scaled_with_n:<count>,<N0>}``, ``count x N / N0`` (a whole number, else an error): e.g.
+      ``ppo.num_minibatches`` that keeps the minibatch size of ``N0`` as ``N`` grows (co-scaling).
+    """
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("sapg_env_preset"):
-        OmegaConf.register_new_resolver("sapg_env_preset", _env_preset)
-    if not OmegaConf.has_resolver("sapg_hydra_subdir"):
-        OmegaConf.register_new_resolver("sapg_hydra_subdir", _hydra_subdir)
+    resolvers = {"sapg_env_preset": _env_preset, "sapg_hydra_subdir": _hydra_subdir,
+                 "sapg_frames_of_iterations": _frames_of_iterations, "sapg_scaled_with_n": _scaled_with_n}  # fmt: skip
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -35,8 +35,9 @@ from sapg_torchrl.study.summary import MEASURES, Interval, improvement_over, sum
 
 __all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
 
-# settings every study of a scaling sweep shares (dotted config key, name in the messages)
-_SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"), ("total_frames", "frame budget"))
+# settings every study of a scaling sweep shares (dotted config key, name in the messages); and either the frame
+# budget or the number of iterations
+_SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"))
 
 
 @dataclass
@@ -45,7 +46,11 @@ class Scaling:
 
     Attributes:
         task (str): the env's name.
-        budget (float): the frame budget of every run.
+        budget (float or None): the frame budget of every run, where every ``N`` has the same (``None`` where the
+            budget grows with ``N`` at a fixed number of iterations).
+        iterations (int or None): the iterations of every run, where every ``N`` runs the same number (``None`` at
+            a fixed frame budget).
+        budgets (dict): ``N`` -> the frame budget of its runs.
         num_envs (list of int): the values of ``N``, ascending.
         folders (dict): ``N`` -> its study folder.
         variants (list of str): the variants found at two or more ``N``, in the study's order.
@@ -60,7 +65,9 @@ class Scaling:
     """
 
     task: str
-    budget: float
+    budget: float | None
+    iterations: int | None
+    budgets: dict[int, float]
     num_envs: list[int]
     folders: dict[int, Path]
     variants: list[str]
@@ -100,12 +107,14 @@ def trend(final: dict[int, Interval]) -> str:
 
 
 def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0) -> Scaling:
-    """Final returns against ``N`` from study folders (:func:`~sapg_torchrl.study.load_study`) of one task and
-    frame budget, one per ``N``.
+    """Final returns against ``N`` from study folders (:func:`~sapg_torchrl.study.load_study`) of one task, one per
+    ``N``, at one frame budget (a larger ``N``: fewer iterations) or at one number of iterations (the budget grows
+    with ``N``: ``recipes/study.py --config-name scaling_hopper``).
 
     Raises:
-        ValueError: fewer than two studies, two at the same ``N``, or a study whose task, ``T`` or budget
-            differs from the first's (naming the folders and values).
+        ValueError: fewer than two studies, two at the same ``N``, a study whose task or ``T`` differs from the
+            first's, or budgets that are neither the same nor the same number of iterations (naming the folders and
+            values).
     """
     if len(studies) < 2:
         raise ValueError(f"a scaling report needs study folders at two or more N, got {len(studies)}")
@@ -120,6 +129,19 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
                 raise ValueError(f"{label} ({key}) differs: {mine} in {study.folder}, {first} in {studies[0].folder}")
         by_n[n] = study
     num_envs = sorted(by_n)
+    budgets = {n: float(by_n[n].setting("total_frames")) for n in num_envs}
+    horizon = int(studies[0].setting("ppo.horizon"))
+    iterations = {n: math.ceil(budgets[n] / (n * horizon)) for n in num_envs}
+    budget = iteration_count = None
+    if len({comparable(b) for b in budgets.values()}) == 1:
+        budget = budgets[num_envs[0]]
+    elif len(set(iterations.values())) == 1:
+        iteration_count = iterations[num_envs[0]]
+    else:
+        raise ValueError(
+            "the studies have neither one frame budget nor one number of iterations: "
+            + ", ".join(f"N={n}: {budgets[n]:.6g} frames ({iterations[n]} iterations) in {by_n[n].folder}" for n in num_envs)
+        )
     summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False, curve_points=2) for n in num_envs}
     found: dict[str, list[int]] = {}
     for n in num_envs:
@@ -141,9 +163,9 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
     poi = {m: {v: {n: improvement[m][n][v] for n in found[v] if v in improvement[m][n]}
                for v in variants if v != REFERENCE} for m in MEASURES}  # fmt: skip
     first = studies[0]
-    budget, steps = float(first.setting("total_frames")), first.setting("env.eval_steps")
+    steps = first.setting("env.eval_steps")
     episode_steps = int(steps) if steps is not None else None
-    short = [n for n in num_envs if episode_steps and budget / n < 2 * episode_steps]
+    short = [n for n in num_envs if episode_steps and budgets[n] / n < 2 * episode_steps]
     if short:
         notes.append(
             f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
@@ -152,7 +174,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
         )
     for n in num_envs:  # the summaries' own notes are about measures this report leaves out or counts per cell
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes)]
-    return Scaling(str(first.setting("env.make.env_name")), budget, num_envs,
+    return Scaling(str(first.setting("env.make.env_name")), budget, iteration_count, budgets, num_envs,
                    {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, episode_steps,
                    notes)  # fmt: skip
 
@@ -166,25 +188,39 @@ def _plot(scaling: Scaling, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = variant_colors(scaling.variants)
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(11, 4.2), squeeze=False)
-    for ax, (measure, label) in zip(axes[0], MEASURES.items(), strict=True):
-        for variant in scaling.variants:
-            ns = sorted(scaling.iqm[measure][variant])
-            point, low, high = (np.array([scaling.iqm[measure][variant][n][i] for n in ns]) for i in range(3))
-            ax.plot(ns, point, marker="o", color=colors[variant], lw=1.8, label=variant)
-            ax.fill_between(ns, low, high, color=colors[variant], alpha=0.2, lw=0)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(scaling.num_envs, [str(n) for n in scaling.num_envs])
-        ax.minorticks_off()
-        ax.set_xlabel("N, parallel envs (log scale)")
-        ax.set_ylabel(f"leader's {label} (IQM, 95% CI)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-    fig.suptitle(f"{scaling.task}: the leader at the end of {scaling.budget:.3g} frames per run, against N",
-                 fontsize=10)  # fmt: skip
+    # against N; at a fixed number of iterations also against the frames each N's runs collected
+    axes_of = {"N": lambda n: n} | ({} if scaling.iterations is None else {"frames": lambda n: scaling.budgets[n]})
+    fig, axes = plt.subplots(len(axes_of), len(MEASURES), figsize=(11, 4.2 * len(axes_of)), squeeze=False)
+    for row, (name, x_of) in zip(axes, axes_of.items(), strict=True):
+        for ax, (measure, label) in zip(row, MEASURES.items(), strict=True):
+            for variant in scaling.variants:
+                ns = sorted(scaling.iqm[measure][variant])
+                point, low, high = (np.array([scaling.iqm[measure][variant][n][i] for n in ns]) for i in range(3))
+                xs = [x_of(n) for n in ns]
+                ax.plot(xs, point, marker="o", color=colors[variant], lw=1.8, label=variant)
+                ax.fill_between(xs, low, high, color=colors[variant], alpha=0.2, lw=0)
+            ax.set_xscale("log", base=2)
+            ticks = [x_of(n) for n in scaling.num_envs]
+            ax.set_xticks(ticks, [str(n) if name == "N" else f"{x:.3g}" for n, x in zip(scaling.num_envs, ticks)])
+            ax.minorticks_off()
+            ax.set_xlabel("N, parallel envs (log scale)" if name == "N" else "frames per run (log scale)")
+            ax.set_ylabel(f"leader's {label} (IQM, 95% CI)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=9)
+    end = (f"{scaling.budget:.3g} frames per run" if scaling.iterations is None
+           else f"{scaling.iterations} iterations per run (the frames grow with N)")  # fmt: skip
+    fig.suptitle(f"{scaling.task}: the leader at the end of {end}, against N", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _runs_text(scaling: Scaling) -> str:
+    if scaling.iterations is None:
+        return f"Each run collects {scaling.budget:.4g} frames: a larger N means fewer iterations (fewer updates)"
+    frames = ", ".join(f"{scaling.budgets[n]:.4g} at N={n}" for n in scaling.num_envs)
+    return (f"Each run runs {scaling.iterations} iterations, so the frames grow with N ({frames}) and every N takes "
+            "the same number of updates")
 
 
 def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) -> Path:
@@ -197,18 +233,18 @@ def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot(scaling, out_dir / "scaling.png")
     header = " | ".join(f"N={n}" for n in scaling.num_envs)
-    steps = " | ".join(f"{scaling.budget / n:.0f}" for n in scaling.num_envs)
+    steps = " | ".join(f"{scaling.budgets[n] / n:.0f}" for n in scaling.num_envs)
     rule = "|---" * (len(scaling.num_envs) + 2) + "|"
     longest = f" (longest episode: {scaling.episode_steps})" if scaling.episode_steps else ""
     about = (
-        "Each run collects {budget:.4g} frames. *Evaluation return*: the mean of the leader's last 3 deterministic "
+        "{runs}. *Evaluation return*: the mean of the leader's last 3 deterministic "
         "evaluations on fresh envs. *Training return*: its mean return over the last 10% of the budget. IQM over seeds with "
         "a 95% stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
         "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
         "below the largest's, `saturates` when neither and the best N is not the largest."
     )
     lines = [f"# The leader against N: {scaling.task}", "", "```bash", command, "```", "",
-             about.format(budget=scaling.budget), "", f"| steps per env{longest} | {steps} |",
+             about.format(runs=_runs_text(scaling)), "", f"| steps per env{longest} | {steps} |",
              "|---" * (len(scaling.num_envs) + 1) + "|"]  # fmt: skip
     for measure, label in MEASURES.items():
         lines += ["", f"## {label[0].upper()}{label[1:]}", "", f"| variant | {header} | trend |", rule]
