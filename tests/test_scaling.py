@@ -182,18 +182,7 @@ def test_a_sweep_at_a_fixed_number_of_iterations_compares_with_budgets_that_grow
 def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_minibatches():
     """``scaling_hopper``: 123 iterations at every N, the study's settings on Hopper; ``scaling_hopper_coscaled``: the
     same, with the minibatch size of N = 1536 kept (4, 8, 16 minibatches), the same for sapg and PPO."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from sapg_torchrl.cli import CONFIG_DIR
-
-    def cfg(name, *overrides):
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                return compose(name, overrides=list(overrides), return_hydra_config=True)
-        finally:
-            GlobalHydra.instance().clear()
+    cfg = _compose
 
     for n, minibatches in ((1536, 4), (3072, 8), (6144, 16)):
         for ablation in ("sapg", "ppo_entropy_0.005"):

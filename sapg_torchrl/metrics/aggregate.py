@@ -131,14 +131,15 @@ def probability_of_improvement(
         0.875
     """
     _, metrics = _rliable()
+    return _compare(metrics.probability_of_improvement, x, y, reps, seed, confidence)
+
+
+def _compare(statistic, x, y, reps: int, seed: int, confidence: float) -> tuple[float, float, float]:
+    """``statistic(x, y)`` with its interval, the runs of ``x`` and ``y`` resampled independently."""
     x, y = _as_runs_by_tasks(x, "x"), _as_runs_by_tasks(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y have different numbers of tasks: {x.shape[1]} != {y.shape[1]}")
-
-    def func(a, b):
-        return np.array([metrics.probability_of_improvement(a, b)])
-
-    return _interval(func, [x, y], reps, seed, confidence)
+    return _interval(lambda a, b: np.array([statistic(a, b)]), [x, y], reps, seed, confidence)
 
 
 def iqm_difference(
@@ -165,11 +166,4 @@ def iqm_difference(
         2.0
     """
     _, metrics = _rliable()
-    x, y = _as_runs_by_tasks(x, "x"), _as_runs_by_tasks(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y have different numbers of tasks: {x.shape[1]} != {y.shape[1]}")
-
-    def func(a, b):
-        return np.array([metrics.aggregate_iqm(a) - metrics.aggregate_iqm(b)])
-
-    return _interval(func, [x, y], reps, seed, confidence)
+    return _compare(lambda a, b: metrics.aggregate_iqm(a) - metrics.aggregate_iqm(b), x, y, reps, seed, confidence)
