@@ -194,3 +194,13 @@ def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_min
     assert cfg("scaling_hopper").hydra.sweeper.params["env.num_envs"] == "1536,3072,6144"
     with pytest.raises(Exception, match="env.num_envs=1000 is not accepted here: 4 x N / 1536 must be a whole number"):
         cfg("scaling_hopper_coscaled", "env.num_envs=1000").ppo.num_minibatches
+
+
+def test_an_n_the_co_scaling_cannot_divide_is_one_line_on_the_command_line(capsys):
+    from sapg_torchrl.cli.checks import check_command_line
+
+    with pytest.raises(SystemExit) as exit_:
+        check_command_line(["--config-name", "scaling_hopper_coscaled", "env.num_envs=3072,1002"], "study")
+    error = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2
+    assert error == "error: env.num_envs=1002 is not accepted here: 4 x N / 1536 must be a whole number"

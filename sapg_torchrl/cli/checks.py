@@ -103,6 +103,8 @@ def _message(err: Exception, root) -> str:
     cause = err
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
+    if refused := re.search(r"ConfigError raised while resolving interpolation: (.*)", text):  # one of our resolvers
+        return refused.group(1)
     if cause is not None and getattr(cause, "full_key", None):
         key, value, unknown = cause.full_key, cause.value, isinstance(cause, ConfigKeyError)
     elif (found := re.search(r"full_key: (\S+)", text)) is not None:
@@ -249,7 +251,7 @@ def _frames_of_iterations(iterations, *, _root_) -> int:
 def _scaled_with_n(count, num_envs, *, _root_) -> int:
     n, count, num_envs = int(_root_.env.num_envs), int(count), int(num_envs)
     if (count * n) % num_envs:
-        raise ValueError(f"env.num_envs={n} is not accepted here: {count} x N / {num_envs} must be a whole number")
+        raise ConfigError(f"env.num_envs={n} is not accepted here: {count} x N / {num_envs} must be a whole number")
     return count * n // num_envs
 
 
