@@ -6,8 +6,8 @@ same rows, in one process.
     python benchmarks/compute_floor.py --threads 2 --rounds 3 --env halfcheetah
     python benchmarks/compute_floor.py --profile          # also: where an update's time goes (torch profiler)
 
-*Ours*: :meth:`SAPGTrainer.update` on a batch from the runner's own rollout and :meth:`SAPGTrainer.prepare`,
-divided by its ``epochs x minibatches`` optimizer steps. Everything an update does is in it: the shuffled
+*Ours*: :meth:`PPOUpdate.epochs` on a batch from the runner's own rollout and :meth:`Runner.prepare`, divided by
+its ``epochs x minibatches`` optimizer steps. Everything an update does is in it: the shuffled
 tensordict gathers, the TensorDict modules, the distribution, the loss's diagnostics, the KL reference written
 back, the per-epoch learning-rate KL.
 

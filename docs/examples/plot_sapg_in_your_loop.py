@@ -6,8 +6,8 @@ The library's pieces drop into a plain TorchRL training loop: a batched env with
 block-conditioned actor-critic, TorchRL's :class:`~torchrl.collectors.Collector` and
 :class:`~torchrl.objectives.value.GAE`, the :class:`~sapg_torchrl.aggregation.Aggregator` that relabels a
 follower block's data to the leader, and :class:`~sapg_torchrl.SAPGLoss`. This is what
-:class:`~sapg_torchrl.training.runner.SAPGTrainer` does, without its normalisers, adaptive learning rate, evaluation and
-checkpoints.
+:class:`~sapg_torchrl.training.Runner` and :class:`~sapg_torchrl.training.PPOUpdate` do, without their normalisers,
+adaptive learning rate, evaluation and checkpoints.
 """
 
 # %%
