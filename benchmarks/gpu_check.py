@@ -6,10 +6,10 @@ on GPU-resident envs (``benchmarks/gpu_check.sh`` installs what the GPU machine 
     python benchmarks/gpu_check.py --device cpu --num-envs 384 --iters 1 --rounds 1   # tried for size on a CPU
 
 1. **Host syncs** (CUDA only): ``sapg`` on :class:`~sapg_torchrl.envs.pendulum.TorchPendulumEnv` (``env=torch_pendulum``,
-   it resets inside its step), one iteration after a warm-up one, under ``torch.cuda.set_sync_debug_mode``:
-   collecting the rollout and building the batch (targets, relabelled rows) under ``"error"`` (any sync fails the
-   check); the update under ``"warn"``, its syncs counted and checked against the documented per-epoch ones (the
-   adaptive learning rate's KL: 2 per epoch), none per minibatch.
+   it resets inside its step), one iteration after a warm-up one, under ``torch.cuda.set_sync_debug_mode("warn")``:
+   collecting the rollout and building the batch (targets, relabelled rows) may not sync at all, the update only for
+   the adaptive learning rate's KL (2 per epoch), none per minibatch. Each sync is printed with the call stack that
+   led to it (this library's, TorchRL's and tensordict's frames).
 2. **CUDA graphs** (CUDA only): ``sapg`` with ``train.cudagraphs=true`` collects two batches (the first captures
    the rollout policy); the second's stored log-probabilities must be what the eager actor gives for its observations
    and actions (the graph computes the policy), and its host syncs are counted under ``"warn"`` (tensordict's
@@ -25,8 +25,10 @@ tables there (``pendulum.md``, ``brax_ant.md``).
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -35,9 +37,44 @@ import torch
 
 from sapg_torchrl.app.build import build_runner
 
+OURS = ("sapg_torchrl", "torchrl", "tensordict", "benchmarks")
+
+
+def host_syncs(fn) -> list[str]:
+    """Calls ``fn`` under CUDA's sync-debug mode ``warn`` and returns one line per host sync it made: the innermost
+    frames of this library, TorchRL, tensordict and this folder that led to it (its call stack, not only the line)."""
+    found, show = [], warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "called a synchronizing" not in str(message):  # not torch's note that the mode is a prototype
+            return show(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1] if any(k in f.filename for k in OURS)]
+        found.append(" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-4:])))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return found
+
+
+def report_syncs(what: str, syncs: list[str], allowed: int) -> bool:
+    """Prints the count of ``syncs`` against ``allowed`` and each distinct one; True when within bounds."""
+    ok = len(syncs) <= allowed
+    print(f"host syncs: {what}: {len(syncs)} (allowed {allowed}){'' if ok else ' FAILED'}")
+    for where, count in collections.Counter(syncs).most_common(12):
+        print(f"  {count} x {where}")
+    return ok
+
 
 def check_host_syncs(args: argparse.Namespace) -> bool:
-    """Collect + batch under sync-debug ``error``, update under ``warn``; True when both stay within bounds."""
+    """Collect + batch (none allowed) and the update (the learning rate's KL: 2 per epoch, none per minibatch) under
+    sync-debug ``warn``, every sync listed with its call stack; True when both stay within bounds."""
     device = torch.device(args.device)
     if device.type != "cuda":
         print("host syncs: skipped (CUDA's sync-debug mode needs a GPU; tests/test_host_sync.py is the CPU proxy)")
@@ -50,34 +87,15 @@ def check_host_syncs(args: argparse.Namespace) -> bool:
     data = next(batches)
     runner.update.learn(runner.prepare(data), data, 0)  # warm-up: allocations, lazy inits, the first reset
     torch.cuda.synchronize(device)
-    ok = True
-    try:
-        torch.cuda.set_sync_debug_mode("error")
-        data = next(batches)
-        batch = runner.prepare(data)
-        torch.cuda.set_sync_debug_mode(0)
-        print("host syncs: collection and batch: none")
-    except RuntimeError as error:
-        torch.cuda.set_sync_debug_mode(0)
-        print(f"host syncs: collection and batch: FAILED, a sync at: {str(error).splitlines()[0]}")
-        ok = False
-        data = next(batches)
-        batch = runner.prepare(data)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        steps_before = runner.update.optimizer_steps
-        runner.update.learn(batch, data, 0)
-        torch.cuda.synchronize(device)
-        torch.cuda.set_sync_debug_mode(0)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    allowed = 2 * runner.update.ppo.epochs
+    step = {}
+    ok = report_syncs("collection", host_syncs(lambda: step.update(data=next(batches))), 0)
+    ok = report_syncs("batch (targets, relabelled rows)", host_syncs(lambda: step.update(batch=runner.prepare(step["data"]))), 0) and ok
+    steps_before = runner.update.optimizer_steps
+    syncs = host_syncs(lambda: runner.update.learn(step["batch"], step["data"], 0))
     steps = runner.update.optimizer_steps - steps_before
-    print(f"host syncs: update: {len(syncs)} over {runner.update.ppo.epochs} epochs, {steps} minibatch steps (allowed {allowed})")
-    for where in sorted({f"{w.filename}:{w.lineno}" for w in syncs})[:10]:
-        print(f"  sync at {where}")
+    ok = report_syncs(f"update ({runner.update.ppo.epochs} epochs, {steps} minibatch steps)", syncs, 2 * runner.update.ppo.epochs) and ok
     runner.collector.shutdown()
-    return ok and len(syncs) <= allowed
+    return ok
 
 
 def check_cudagraph_rollout(args: argparse.Namespace) -> bool:

@@ -233,15 +233,28 @@ class StockPPO:
     def iteration(self) -> dict[str, float]:
         _sync(self.device)
         t0 = time.perf_counter()
-        data = next(self._data)
+        data = self.collect()
         _sync(self.device)
         t1 = time.perf_counter()
-        with torch.no_grad():
-            self.gae(data)
-            batch = data.reshape(-1)
-            batch.set("advantage", standardize_advantage(batch.get("advantage")))
+        batch = self.targets(data)
         _sync(self.device)
         t2 = time.perf_counter()
+        self.update(batch)
+        _sync(self.device)
+        t3 = time.perf_counter()
+        return {"collect": t1 - t0, "targets": t2 - t1, "update": t3 - t2}
+
+    def collect(self):
+        return next(self._data)
+
+    @torch.no_grad()
+    def targets(self, data):
+        self.gae(data)
+        batch = data.reshape(-1)
+        batch.set("advantage", standardize_advantage(batch.get("advantage")))
+        return batch
+
+    def update(self, batch) -> None:
         for _ in range(self.epochs):
             perm = torch.randperm(batch.numel(), device=self.device, generator=self.generator)
             for index in perm.split(self.minibatch_size):
@@ -251,9 +264,6 @@ class StockPPO:
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
                 self.optimizer.step()
-        _sync(self.device)
-        t3 = time.perf_counter()
-        return {"collect": t1 - t0, "targets": t2 - t1, "update": t3 - t2}
 
     def close(self) -> None:
         self.collector.shutdown()

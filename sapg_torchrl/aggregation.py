@@ -144,8 +144,9 @@ class Aggregator:
         source, target = self.draw()
         M, B = self.layout.num_blocks, self.layout.block_size
         T = data.shape[-1]
-        rows = data.reshape(M, B, T)[source.to(data.device)].reshape(-1, T)
-        ids = target.to(data.device).repeat_interleave(B)[:, None].expand(-1, T)
+        source, target = (_to_device(index, data.device) for index in (source, target))
+        rows = data.reshape(M, B, T)[source].reshape(-1, T)
+        ids = target.repeat_interleave(B)[:, None].expand(-1, T)
         rows.set("block_id", ids)
         rows.set(("next", "block_id"), ids)
         # V_target(s_t) (also the "old value" of the clipped value loss) and V_target(s_{t+1}); a recurrent
@@ -162,3 +163,11 @@ class Aggregator:
             if self.clip_mode == "paper":
                 rows.set("log_clip_center", target_log_prob - rows.get(self.log_prob_key))
         return rows
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """A host tensor on ``device``; on CUDA through pinned memory, non-blocking, so that the host does not wait for
+    the device's queued work (a copy from pageable memory would)."""
+    if device is None or device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

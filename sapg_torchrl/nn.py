@@ -85,7 +85,13 @@ class BlockLogStd(nn.Module):
         self.max_log_std = max_log_std
 
     def forward(self, loc: torch.Tensor, block_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_std = self.log_std[block_id]
+        if self.log_std.is_cuda:
+            # On CUDA, indexing's backward is a sort-based kernel that serialises on the few distinct block ids (at
+            # N = 24576 it was 42% of the update's GPU time, benchmarks/README.md); index_select's is an atomic add.
+            # On the CPU indexing stays: its gradient sums are the ones every run so far was trained with.
+            log_std = self.log_std.index_select(0, block_id.reshape(-1)).unflatten(0, block_id.shape)
+        else:
+            log_std = self.log_std[block_id]
         if self.max_log_std is not None:
             log_std = log_std.clamp(max=self.max_log_std)
         return loc, log_std.exp().expand_as(loc)

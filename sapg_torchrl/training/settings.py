@@ -219,8 +219,9 @@ class TrainSettings:
     compile: bool = setting(
         False,
         "``torch.compile`` the loss (forward and backward), the rollout policy and the evaluation policy: same "
-        "numbers to float tolerance, less Python overhead per call; the first calls compile (a minute or more each "
-        "on a CPU); see ``benchmarks/README.md``",
+        "numbers to float tolerance, less Python overhead per call (on a GPU, where the update waits on the host, it "
+        "halved the update on an H200); the first calls compile (a minute or more each on a CPU); see "
+        "``benchmarks/README.md``",
     )
     cudagraphs: bool = setting(
         False,
