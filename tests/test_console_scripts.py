@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY_OVERRIDES
 
-SCRIPTS = ("sapg-train", "sapg-study", "sapg-evaluate", "sapg-report")
+SCRIPTS = ("sapg-train", "sapg-study", "sapg-evaluate", "sapg-export", "sapg-report")
 
 
 def script(name: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 from sapg_torchrl.aggregation import AGGREGATIONS
 from sapg_torchrl.blocks import ENTROPY_SCHEDULES, LEADERS, BlockLayout
+from sapg_torchrl.deploy import EXPORT_FORMATS
 from sapg_torchrl.loss import CLIP_MODES
 from sapg_torchrl.nn import ACTIVATIONS
 from sapg_torchrl.targets import ADVANTAGE_NORMS
@@ -213,9 +214,22 @@ class EvaluateConfig:
     video_path: Optional[str] = setting(None, "``null``: ``<run>/videos/<checkpoint>_block<b>.gif``")
     seed: int = setting(0, "seeds the evaluation envs and sampled actions", NATURAL)
     device: str = setting("cpu", "where the policy runs", Matches(r"cpu|cuda(:\d+)?", "one of cpu, cuda, cuda:N"))
+    policy: Optional[str] = setting(
+        None, "an exported file (``sapg-export``) to evaluate instead of the checkpoint's actor, on the run's task"
+    )
 
 
-SCHEMAS = {"sapg": SAPGConfig, "study": StudyConfig, "evaluate": EvaluateConfig}
+@dataclass
+class ExportConfig:
+    """An export of a trained run's policy (``recipes/export.py``, ``sapg-export``)."""
+
+    run: str = setting("???", "the run folder (``config.yaml``, ``checkpoints/``); required")
+    format: str = setting("onnx", "``onnx`` (onnxruntime) | ``torchscript`` (``torch.jit.load``, libtorch)", OneOf(*EXPORT_FORMATS))
+    block: Any = setting("leader", "``leader`` | a block index", Either(OneOf("leader"), Number(0, integer=True)))
+    checkpoint: Optional[str] = setting(None, "a file of ``<run>/checkpoints/`` or a path; ``null``: the newest readable one")
+
+
+SCHEMAS = {"sapg": SAPGConfig, "study": StudyConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
 
 
 def register_schemas() -> None:

@@ -1,9 +1,11 @@
-"""A trained run, evaluated and watched: its leader (or every block) on fresh envs, and a video of an episode.
+"""A trained run, evaluated, watched and exported: its leader (or every block) on fresh envs, a video of an
+episode, and the leader as an ONNX or TorchScript file.
 
 :func:`evaluate_run` loads a run folder's config and a checkpoint (the newest readable one by default), runs the
-chosen blocks' policies for one episode on each of ``episodes`` fresh envs per block and returns per-block
-returns; :func:`record_video` renders one episode of a block's policy through gymnasium's off-screen renderer.
-``recipes/evaluate.py`` is the command line.
+chosen blocks' policies (or an exported file) for one episode on each of ``episodes`` fresh envs per block and
+returns per-block returns; :func:`record_video` renders one episode of a block's policy through gymnasium's
+off-screen renderer; :func:`export_run` writes a block's deterministic policy to ``<run>/export/``
+(:mod:`sapg_torchrl.deploy`). ``recipes/evaluate.py`` and ``recipes/export.py`` are the command lines.
 
 Rendering works where gymnasium can render the task off-screen: the envpool presets whose task is also a
 gymnasium task, i.e. ``mountaincar`` (classic control, needs ``pygame``), ``halfcheetah``, ``ant`` and
@@ -23,17 +25,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from torchrl.envs import ExplorationType, set_exploration_type
+from torchrl.envs.transforms import InitTracker
 
 from sapg_torchrl.app.build import Agent, build_agent, simulator_factory
 from sapg_torchrl.app.run_folder import saved_config
 from sapg_torchrl.blocks import BlockLayout
+from sapg_torchrl.deploy import EXPORT_FORMATS, DeployedPolicy, ExportedPolicy, export_policy
 from sapg_torchrl.envs.factory import make_sapg_env
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.training.checkpoint import load_checkpoint
 from sapg_torchrl.training.device import device_of
 from sapg_torchrl.training.evaluation import at_episode_end
+from sapg_torchrl.training.sinks import aside
 
-__all__ = ["RENDERABLE_PRESETS", "evaluate_run", "load_run", "record_video"]
+__all__ = ["RENDERABLE_PRESETS", "evaluate_run", "export_run", "load_run", "record_video"]
 
 RENDERABLE_PRESETS = ("mountaincar", "halfcheetah", "ant", "humanoid")
 
@@ -81,8 +86,10 @@ def evaluate_run(
     deterministic: bool = True,
     seed: int = 0,
     device: str = "cpu",
+    policy: str | Path | None = None,
 ) -> dict:
-    """Runs the chosen blocks of a trained run for one episode on each of ``episodes`` fresh envs per block.
+    """Runs the chosen blocks of a trained run (or an exported file of it) for one episode on each of ``episodes``
+    fresh envs per block.
 
     Args:
         run_dir (path): a run folder (``config.yaml``, ``checkpoints/``).
@@ -94,6 +101,9 @@ def evaluate_run(
         deterministic (bool): the policy's mean action (default) or sampled actions.
         seed (int): seed of the envs and of the sampled actions. Defaults to ``0``.
         device (str): where the policy runs. Defaults to ``"cpu"``.
+        policy (path, optional): an exported file (:func:`export_run`) to run instead of the checkpoint's actor,
+            on the run's task; its block is the one evaluated (``blocks`` must be left at ``"leader"`` or name
+            it) and it acts deterministically. ``checkpoint`` then only names the reported iteration's source.
 
     Returns:
         A dict with ``checkpoint``, ``iteration``, ``frames``, ``episodes``, ``deterministic`` and ``blocks``:
@@ -107,15 +117,29 @@ def evaluate_run(
     cfg, path, state = load_run(run_dir, checkpoint)
     torch.manual_seed(seed)
     device = device_of(device)
-    chosen = _blocks(blocks, _layout(cfg))
+    exported = None if policy is None else ExportedPolicy(policy)
+    if exported is not None:
+        device = torch.device("cpu")
+        if not deterministic:
+            raise ConfigError(f"deterministic=false is not accepted with policy={policy}: an exported policy acts with its mean")
+        if blocks not in ("leader", exported.metadata["block"]):
+            raise ConfigError(f"blocks={blocks!r} is not accepted with policy={policy}: the file holds block {exported.metadata['block']} only")
+        chosen = [exported.metadata["block"]]
+    else:
+        chosen = _blocks(blocks, _layout(cfg))
     block_ids = torch.tensor(chosen).repeat_interleave(episodes)
     make_base = simulator_factory(cfg.env.make, device)
     env = make_sapg_env(make_base(num_envs=len(block_ids), seed=seed + 2_000_000), block_ids,
                         reward_scale=cfg.env.reward_scale)  # fmt: skip
-    agent = _agent(cfg, state, env, device)
+    if exported is not None:
+        if exported.state_shape is not None:
+            env.append_transform(InitTracker())
+        actor = _ExportedActor(exported)
+    else:
+        actor = _agent(cfg, state, env, device).actor
     exploration = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
     with set_exploration_type(exploration):
-        rollout = env.rollout(cfg.env.eval_steps, agent.actor, break_when_any_done=False)
+        rollout = env.rollout(cfg.env.eval_steps, actor, break_when_any_done=False)
     env.close()
     returns, finished = at_episode_end(rollout)
     success = at_episode_end(rollout, "success")[0] if ("next", "success") in rollout.keys(True) else None
@@ -134,10 +158,69 @@ def evaluate_run(
             "completed": int(completed.sum()),
             "success_rate": rate,
         }
+    source = {"checkpoint": path.name} if exported is None else {"checkpoint": exported.metadata.get("checkpoint"), "policy": str(policy)}
     return {
-        "checkpoint": path.name, "iteration": state["iteration"], "frames": state["frames"], "episodes": episodes,
+        **source, "iteration": state["iteration"] if exported is None else exported.metadata.get("iteration"),
+        "frames": state["frames"] if exported is None else exported.metadata.get("frames"), "episodes": episodes,
         "deterministic": deterministic, "blocks": out,
     }  # fmt: skip
+
+
+class _ExportedActor:
+    """An exported file acting in a TorchRL rollout: reads ``observation``, writes ``action``; a recurrent file's
+    state is kept here between steps and zeroed where an episode starts (``is_init``)."""
+
+    def __init__(self, policy: ExportedPolicy):
+        self.policy, self.state = policy, None
+
+    def __call__(self, td):
+        observation = td.get("observation")
+        if self.policy.state_shape is None:
+            (action,) = self.policy(observation)
+        else:
+            if self.state is None:
+                self.state = [np.zeros((observation.shape[0], *self.policy.state_shape), np.float32) for _ in range(2)]
+            starts = td.get("is_init").reshape(-1).numpy()
+            for part in self.state:
+                part[starts] = 0.0
+            action, *self.state = self.policy(observation, *self.state)
+        return td.set("action", torch.as_tensor(action))
+
+
+def export_run(
+    run_dir: str | Path, *, format: str = "onnx", block: str | int = "leader", checkpoint: str | None = None
+) -> dict:
+    """Writes a block's deterministic policy (the leader's by default) of a trained run to
+    ``<run>/export/<leader|block<b>>.onnx`` (or ``.pt``), :class:`~sapg_torchrl.deploy.DeployedPolicy` exported by
+    :func:`~sapg_torchrl.deploy.export_policy`; a file already there is moved aside (``leader.previous.onnx``).
+
+    Returns:
+        The file's self-description (``metadata``: inputs, outputs, sizes, block, action bounds, run, checkpoint,
+        iteration, frames, task) and its ``path``.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format={format!r} is not accepted: use one of {', '.join(EXPORT_FORMATS)}")
+    cfg, checkpoint_path, state = load_run(run_dir, checkpoint)
+    (chosen,) = _blocks(block, _layout(cfg))
+    make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
+    probe_env = make_sapg_env(make_base(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
+    agent = _agent(cfg, state, probe_env, torch.device("cpu"))
+    observation_dim = probe_env.observation_spec["observation"].shape[-1]
+    spec = probe_env.action_spec
+    low, high = spec.space.low.reshape(-1, spec.shape[-1])[0], spec.space.high.reshape(-1, spec.shape[-1])[0]
+    probe_env.close()
+    policy = DeployedPolicy(agent.actor, observation_dim, chosen, low, high)
+    name = "leader" if block == "leader" else f"block{chosen}"
+    target = Path(run_dir) / "export" / f"{name}{EXPORT_FORMATS[format]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.rename(aside(target, "previous"))
+    provenance = {
+        "run": str(Path(run_dir).resolve()), "checkpoint": checkpoint_path.name, "iteration": state["iteration"],
+        "frames": state["frames"], "task": cfg.env.make.get("env_name", cfg.env.make.get("_target_")),
+    }  # fmt: skip
+    export_policy(policy, target, format, provenance)
+    return {"path": str(target), "metadata": {**policy.describe(), **provenance}}
 
 
 @torch.no_grad()
