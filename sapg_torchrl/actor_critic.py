@@ -12,6 +12,11 @@ architectures:
 
 In every case each block has its own learned log-std vector.
 
+With ``critic_observation_keys`` the critic is *asymmetric*: it reads other entries than the policy (privileged
+simulator state the robot will not have: IsaacGymEnvs' ``states``, Isaac Lab's ``critic`` group), concatenated in
+the given order, through its own normaliser and its own trunk, conditioned on the same phi. The policy's inputs,
+and so what :mod:`sapg_torchrl.deploy` exports, stay the observation alone.
+
 With ``lstm_size`` the network starts with a TorchRL :class:`~torchrl.modules.LSTMModule` on the (normalised)
 observation, and phi is concatenated to the LSTM's output, not its input (the paper's AllegroKuka network:
 an LSTM of 768 before the MLP). The hidden state is thus a function of the observation history only, the same
@@ -25,13 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tensordict import NestedKey
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor
 from torchrl.modules.value_norm import ValueNorm
 
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.nn import Blockwise, BlockLogStd, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, mlp
+from sapg_torchrl.nn import (
+    Blockwise, BlockLogStd, Concatenate, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, mlp,
+)  # fmt: skip
 
 __all__ = ["make_actor_critic"]
 
@@ -73,6 +81,9 @@ def make_actor_critic(
     lstm_layer_norm: bool = False,
     value_norm: ValueNorm | None = None,
     observation_norm: ValueNorm | None = None,
+    critic_observation_keys: Sequence[NestedKey] | None = None,
+    critic_observation_dim: int | None = None,
+    critic_observation_norm: ValueNorm | None = None,
     observation_key="observation",
     block_id_key="block_id",
 ) -> tuple[ProbabilisticActor, TensorDictSequential]:
@@ -108,6 +119,14 @@ def make_actor_critic(
         observation_norm (ValueNorm, optional): if given (e.g. ``RunningValueNorm(shape=observation_dim)``),
             observations are standardised with its statistics (clipped to +-5) before the trunk; phi is
             never normalised. Update it yourself (the update does, once per iteration).
+        critic_observation_keys (sequence of NestedKey, optional): the critic's inputs, concatenated in this order
+            (e.g. ``["observation", "privileged_state"]``); ``None`` (default): the policy's observation. When
+            given, the critic is its own network (``shared_trunk`` applies to the symmetric case only) and,
+            with an LSTM policy, feedforward: its privileged state stands in for the memory.
+        critic_observation_dim (int, optional): the width of the concatenated critic inputs (with
+            ``critic_observation_keys``).
+        critic_observation_norm (ValueNorm, optional): standardises the concatenated critic inputs, as
+            ``observation_norm`` does the policy's (e.g. ``RunningValueNorm(shape=critic_observation_dim)``).
         observation_key, block_id_key (NestedKey): input keys.
 
     Returns:
@@ -124,6 +143,9 @@ def make_actor_critic(
     """
     hidden = tuple(hidden)
     width = hidden[-1]
+    asymmetric = critic_observation_keys is not None
+    if asymmetric and critic_observation_dim is None:
+        raise ConfigError("critic_observation_keys needs critic_observation_dim (the width of the concatenated inputs)")
     if lstm_size is not None and disjoint:
         raise ConfigError(
             f"lstm_size={lstm_size} is not accepted with disjoint=True: the disjoint ablation has no recurrent "
@@ -131,12 +153,12 @@ def make_actor_critic(
         )
     trunk_input_dim = observation_dim if lstm_size is None else lstm_size
 
-    def trunk() -> nn.Module:
+    def trunk(input_dim: int = trunk_input_dim) -> nn.Module:
         if disjoint:
-            return _PerBlock(Blockwise(lambda: mlp(observation_dim, hidden, activation), num_blocks))
+            return _PerBlock(Blockwise(lambda: mlp(input_dim, hidden, activation), num_blocks))
         if phi is None:
-            return _Unconditioned(mlp(trunk_input_dim, hidden, activation))
-        return ConditionedMLP(trunk_input_dim, hidden, phi, activation)
+            return _Unconditioned(mlp(input_dim, hidden, activation))
+        return ConditionedMLP(input_dim, hidden, phi, activation)
 
     def head(out_features: int) -> nn.Module:
         if disjoint:
@@ -164,7 +186,19 @@ def make_actor_critic(
         observation_key = "memory"
     ins = [observation_key, block_id_key]
     actor_trunk = TensorDictSequential(*normalise, *memory, TensorDictModule(trunk(), in_keys=ins, out_keys=["actor_hidden"]))
-    if shared_trunk:  # computed once per loss evaluation, see ReuseIfPresent
+    if asymmetric:  # its own inputs, normaliser and trunk; the same phi
+        critic_in = [TensorDictModule(Concatenate(), in_keys=list(critic_observation_keys), out_keys=["critic_observation"])]
+        critic_key = "critic_observation"
+        if critic_observation_norm is not None:
+            critic_in.append(
+                TensorDictModule(Standardize(critic_observation_norm), in_keys=[critic_key], out_keys=["critic_observation_std"])
+            )
+            critic_key = "critic_observation_std"
+        critic_trunk = TensorDictSequential(
+            *critic_in,
+            TensorDictModule(trunk(critic_observation_dim), in_keys=[critic_key, block_id_key], out_keys=["critic_hidden"]),
+        )
+    elif shared_trunk:  # computed once per loss evaluation, see ReuseIfPresent
         actor_trunk = critic_trunk = ReuseIfPresent(actor_trunk)
     else:
         critic_trunk = TensorDictSequential(

@@ -19,7 +19,8 @@ from torch.func import functional_call, stack_module_state
 from sapg_torchrl.errors import ConfigError
 
 __all__ = [
-    "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Standardize", "Denormalize", "ReuseIfPresent",
+    "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Concatenate", "Standardize", "Denormalize",
+    "ReuseIfPresent",
 ]  # fmt: skip
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -139,6 +140,18 @@ class Blockwise(nn.Module):
         ]
         out = torch.empty_like(torch.cat(outs)).index_copy(0, order, torch.cat(outs))
         return out.reshape(*batch_shape, out.shape[-1])
+
+
+class Concatenate(nn.Module):
+    """Concatenates its inputs along the last dimension: an asymmetric critic's observation entries as one vector.
+
+    Examples:
+        >>> Concatenate()(torch.zeros(4, 3), torch.ones(4, 2)).shape
+        torch.Size([4, 5])
+    """
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(inputs, dim=-1)
 
 
 class Denormalize(nn.Module):

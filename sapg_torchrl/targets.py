@@ -21,12 +21,13 @@ ADVANTAGE_NORMS = ("global", "per_block", "none")
 
 
 @torch.no_grad()
-def fill_lost_final_observations(data: TensorDictBase, key="observation") -> TensorDictBase:
+def fill_lost_final_observations(data: TensorDictBase, keys=("observation",)) -> TensorDictBase:
     """Puts ``s_t`` where ``s_{t+1}`` was lost, in place: an env that resets inside its step (TorchRL's native
     auto-reset, e.g. :class:`~sapg_torchrl.envs.pendulum.TorchPendulumEnv` or TorchRL's MJLab wrapper) leaves NaN as
     the next observation of the step that ended an episode. A truncated step then bootstraps from ``V(s_t)``, the
     released code's ``r_t += gamma V(s_t)`` at a time-out, and TorchRL's own estimators' substitution; a terminated
-    one does not bootstrap at all. Branch-free (no host sync).
+    one does not bootstrap at all. Branch-free (no host sync). ``keys``: the observation entries (an asymmetric
+    critic's too).
 
     Examples:
         >>> from tensordict import TensorDict
@@ -36,8 +37,9 @@ def fill_lost_final_observations(data: TensorDictBase, key="observation") -> Ten
         tensor([2., 1.])
     """
     following = data.get("next")
-    final = following.get(key)
-    following.set(key, torch.where(final.isnan(), data.get(key), final))
+    for key in keys:
+        final = following.get(key)
+        following.set(key, torch.where(final.isnan(), data.get(key), final))
     return data
 
 

@@ -30,7 +30,7 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, or the env class, observation 
     "humanoid": ("Humanoid-v4", 376, 17),
     "adroit_pen": ("AdroitHandPen-v1", 45, 24),
     "hand_block_rotate": ("HandManipulateBlockRotateZ-v1", 75, 20),
-    "leap_cube_reorient": ("LeapCubeReorient-v1", 185, 16),
+    "leap_cube_reorient": ("LeapCubeReorient-v1", 57, 16),  # + privileged_state (128) for its asymmetric critic
 }
 EPISODE_LENGTH = {"adroit_pen": 200, "hand_block_rotate": 100, "torch_pendulum": 200}  # the others: 1000
 GPU_PRESETS = {  # preset: (what the error must name, T, epochs, lr, clip, hidden, entropy scale)
@@ -85,6 +85,8 @@ def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
     assert data["next", "reward"].shape == (12, 4, 1) and data["next", "done"].shape == (12, 4, 1)
     assert (data["block_id"] == BlockLayout(12, 6).block_ids()[:, None]).all()
     assert torch.isfinite(data["next", "reward"]).all()
+    if preset == "leap_cube_reorient":  # the asymmetric critic's privileged input, in float32 beside the observation
+        assert data["privileged_state"].shape == (12, 4, 128) and data["privileged_state"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("preset", CPU_PRESETS_TO_RUN)
@@ -223,15 +225,19 @@ class TimeOutEnv(IsaacGymLikeEnv):
     ``simulator="isaacgym"``: like TorchRL's IsaacGym wrapper, every done is ``terminated`` and the time-outs are
     only in ``"time_outs"`` (where TorchRL's info-dict reader puts ``info["time_outs"]``); the final observation
     is returned. ``simulator="isaaclab"``: like TorchRL's Isaac Lab wrapper, ``terminated`` and ``truncated`` are
-    right, but the final observation is lost (zeros)."""
+    right, but the final observation is lost (zeros). ``privileged``: the key of a privileged entry (twice the
+    observation, lost with it), as IsaacGym's ``states`` or Isaac Lab's ``critic`` group."""
 
-    def __init__(self, batch_size, simulator, **specs):
+    def __init__(self, batch_size, simulator, privileged=None, **specs):
         super().__init__(batch_size=batch_size, **specs)
-        self.simulator = simulator
+        self.simulator, self.privileged = simulator, privileged
         self.steps = 0  # not reset with the episode counter
 
+    def _with_privileged(self, out):
+        return out if self.privileged is None else out.set(self.privileged, 2 * out["obs"])
+
     def _reset(self, tensordict=None, **kwargs):
-        out = super()._reset(tensordict, **kwargs)
+        out = self._with_privileged(super()._reset(tensordict, **kwargs))
         if self.simulator == "isaacgym":  # TorchRL's info-dict reader fills it with zeros at a reset
             return out.set("time_outs", torch.zeros_like(out["done"]))
         return out.set("truncated", torch.zeros_like(out["done"]))
@@ -242,22 +248,24 @@ class TimeOutEnv(IsaacGymLikeEnv):
         done = out["done"]
         time_out = done & torch.tensor(self.steps % 6 == 3)
         if self.simulator == "isaacgym":
-            return out.set("time_outs", time_out)
+            return self._with_privileged(out.set("time_outs", time_out))
         out.set("terminated", done & ~time_out).set("truncated", time_out)
-        return out.set("obs", torch.where(done[:, None], torch.zeros_like(out["obs"]), out["obs"]))
+        return self._with_privileged(out.set("obs", torch.where(done[:, None], torch.zeros_like(out["obs"]), out["obs"])))
 
 
-def time_out_env(simulator, n=12):
+def time_out_env(simulator, n=12, privileged=None):
     b = torch.Size([n])
     flag = Categorical(2, dtype=torch.bool, shape=b)
     observation = Composite(obs=Unbounded((n, 1)), shape=b)
+    if privileged is not None:
+        observation[privileged] = Unbounded((n, 1))
     done = Composite(done=flag, terminated=flag.clone(), shape=b)
     if simulator == "isaacgym":
         observation["time_outs"] = flag.clone()
     else:
         done["truncated"] = flag.clone()
     return TimeOutEnv(
-        b, simulator, observation_spec=observation, action_spec=Bounded(-1, 1, (n, 1)), state_spec=Composite(shape=b),
+        b, simulator, privileged, observation_spec=observation, action_spec=Bounded(-1, 1, (n, 1)), state_spec=Composite(shape=b),
         reward_spec=Composite(reward=Unbounded(b), shape=b), done_spec=done,
     )  # fmt: skip
 

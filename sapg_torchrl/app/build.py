@@ -19,6 +19,7 @@ from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
+from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
 from sapg_torchrl.training.device import check_cudagraphs, device_of
 from sapg_torchrl.training.distributed import SINGLE, Ranks, split_envs
@@ -41,6 +42,8 @@ class Agent:
     loss: SAPGLoss
     value_norm: RunningValueNorm | None
     observation_norm: RunningValueNorm | None
+    critic_observation_norm: RunningValueNorm | None = None
+    critic_observation_keys: list | None = None
 
 
 def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device) -> Agent:
@@ -50,6 +53,19 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     observation_dim = env.observation_spec["observation"].shape[-1]
     value_norm = RunningValueNorm().to(device) if ppo.value_norm else None
     observation_norm = RunningValueNorm(shape=observation_dim).to(device) if ppo.observation_norm else None
+    critic_keys = net.get("critic_observation_keys")
+    critic_dim = critic_norm = None
+    if critic_keys is not None:
+        critic_keys = list(critic_keys)
+        available = list(env.base_env.observation_spec.keys())  # the simulator's entries, not the learner's bookkeeping
+        missing = [key for key in critic_keys if key not in available]
+        if missing or not critic_keys:
+            raise ConfigError(
+                f"network.critic_observation_keys={critic_keys} is not accepted: the env's observation entries are "
+                f"{sorted(map(str, available))}"
+            )
+        critic_dim = sum(env.observation_spec[key].shape[-1] for key in critic_keys)
+        critic_norm = RunningValueNorm(shape=critic_dim).to(device) if ppo.observation_norm else None
     actor, critic = make_actor_critic(
         observation_dim,
         env.action_spec.shape[-1],
@@ -64,6 +80,9 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
         lstm_layer_norm=net.lstm_layer_norm,
         value_norm=value_norm,
         observation_norm=observation_norm,
+        critic_observation_keys=critic_keys,
+        critic_observation_dim=critic_dim,
+        critic_observation_norm=critic_norm,
     )
     actor.to(device), critic.to(device)
     track_recurrent_states(env, actor)
@@ -89,7 +108,7 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     # TorchRL's GAE for a loss called on data without advantages (the runner computes its own); its gamma and
     # lambda buffers are part of every checkpoint's "loss" entry
     loss.make_value_estimator(ValueEstimators.GAE, gamma=ppo.gamma, lmbda=ppo.lmbda)
-    return Agent(actor, critic, loss, value_norm, observation_norm)
+    return Agent(actor, critic, loss, value_norm, observation_norm, critic_norm, critic_keys)
 
 
 RANK_SEED_STRIDE = 10_000
@@ -173,8 +192,9 @@ def build_runner(
             evaluator = InlineEvaluator(track_recurrent_states(make_eval_env(), agent.actor), policy, e.eval_steps)
     update = PPOUpdate(
         agent.loss, layout, ppo, train, advantage_norm=s.advantage_norm, aggregator=aggregator,
-        value_norm=agent.value_norm, observation_norm=agent.observation_norm, device=device, seed=rank_seed,
-        ranks=ranks,
+        value_norm=agent.value_norm, observation_norm=agent.observation_norm,
+        critic_observation_norm=agent.critic_observation_norm, critic_observation_keys=agent.critic_observation_keys,
+        device=device, seed=rank_seed, ranks=ranks,
     )  # fmt: skip
     if not ranks.is_main:
         train = dataclasses.replace(train, progress=False)

@@ -155,6 +155,13 @@ class NetworkSettings:
         COUNT,
     )
     lstm_layer_norm: bool = setting(False, "LayerNorm on the LSTM's output (the published AllegroKuka network)")
+    critic_observation_keys: Optional[List[str]] = setting(
+        None,
+        "an asymmetric critic's inputs, concatenated in this order, e.g. ``[observation, privileged_state]`` "
+        "(IsaacGym: ``states``, Isaac Lab: ``critic``); ``null``: the policy's observation. The critic is then its "
+        "own network (own trunk and normaliser, the same phi; feedforward beside an LSTM policy)",
+        ListOf(Matches(r"[A-Za-z_][A-Za-z0-9_]*", "an observation entry's name")),
+    )
 
 @dataclass
 class LoggerSettings:

@@ -49,6 +49,9 @@ class EnvpoolEnv(MultiThreadedEnv):
         observation_keys (list of str, optional): for a task with dict observations, the entries to
             concatenate, in this order, into one flat ``observation`` (e.g. ``["observation",
             "desired_goal"]``); ``None`` keeps the task's own keys.
+        privileged_observation_keys (list of str, optional): with ``observation_keys``, more entries kept as
+            they are, under their own names, beside ``observation`` (e.g. ``["privileged_state"]``, for an
+            asymmetric critic: ``network.critic_observation_keys``).
         device: where the tensors it returns live. Defaults to CPU.
 
     Examples:
@@ -68,9 +71,18 @@ class EnvpoolEnv(MultiThreadedEnv):
         num_threads: int = 0,
         create_env_kwargs: dict[str, Any] | None = None,
         observation_keys: list[str] | None = None,
+        privileged_observation_keys: list[str] | None = None,
         **kwargs,
     ):
         self._observation_keys = None if observation_keys is None else list(observation_keys)
+        self._privileged_keys = list(privileged_observation_keys or [])
+        if self._privileged_keys and self._observation_keys is None:
+            from sapg_torchrl.errors import ConfigError
+
+            raise ConfigError(
+                f"privileged_observation_keys={self._privileged_keys} is not accepted without observation_keys: name "
+                "the entries that make the policy's observation"
+            )
         create_env_kwargs = dict(create_env_kwargs or {})
         create_env_kwargs.setdefault("seed", seed)
         create_env_kwargs.setdefault("num_threads", num_threads)
@@ -129,18 +141,23 @@ class EnvpoolEnv(MultiThreadedEnv):
             return spec
         # the task's own entries (TorchRL's spec conversion renames some, e.g. "state" -> "observation")
         space = self._env.observation_space
-        missing = [key for key in self._observation_keys if key not in getattr(space, "spaces", {})]
-        if missing:
-            from sapg_torchrl.errors import ConfigError
+        for name, keys in (("observation_keys", self._observation_keys), ("privileged_observation_keys", self._privileged_keys)):
+            missing = [key for key in keys if key not in getattr(space, "spaces", {})]
+            if missing:
+                from sapg_torchrl.errors import ConfigError
 
-            raise ConfigError(
-                f"observation_keys={self._observation_keys} names {missing}, which the task does not have; "
-                f"its observations are {sorted(getattr(space, 'spaces', {}))}"
-            )
-        width = sum(space[key].shape[-1] for key in self._observation_keys)
-        dtype = torch.as_tensor(np.zeros(0, dtype=space[self._observation_keys[0]].dtype)).dtype
-        flat = Unbounded(shape=(*self.batch_size, width), dtype=dtype, device=self.device)
-        return Composite(observation=flat, shape=self.batch_size, device=self.device)
+                raise ConfigError(
+                    f"{name}={keys} names {missing}, which the task does not have; "
+                    f"its observations are {sorted(getattr(space, 'spaces', {}))}"
+                )
+
+        def flat(keys):
+            dtype = torch.as_tensor(np.zeros(0, dtype=space[keys[0]].dtype)).dtype
+            width = sum(space[key].shape[-1] for key in keys)
+            return Unbounded(shape=(*self.batch_size, width), dtype=dtype, device=self.device)
+
+        entries = {"observation": flat(self._observation_keys), **{key: flat([key]) for key in self._privileged_keys}}
+        return Composite(entries, shape=self.batch_size, device=self.device)
 
     def _treevalue_or_numpy_to_tensor_or_dict(self, obs) -> dict[str, torch.Tensor]:
         # gymnasium envpool returns an array, or a dict of arrays for dict observation spaces
@@ -148,7 +165,8 @@ class EnvpoolEnv(MultiThreadedEnv):
         if not isinstance(obs, dict):
             return {"observation": torch.as_tensor(obs)}
         if self._observation_keys is not None:
-            return {"observation": torch.cat([torch.as_tensor(obs[key]) for key in self._observation_keys], -1)}
+            flat = torch.cat([torch.as_tensor(obs[key]) for key in self._observation_keys], -1)
+            return {"observation": flat, **{key: torch.as_tensor(obs[key]) for key in self._privileged_keys}}
         return {key: torch.as_tensor(value) for key, value in obs.items()}
 
     # 3. [N, 1] reward and done ----------------------------------------------------------------------

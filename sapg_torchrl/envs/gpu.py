@@ -136,18 +136,20 @@ class BootstrapFromCurrentState(Transform):
     do not bootstrap, so their next observation is left alone.
 
     Args:
-        observation_key (NestedKey): the observation. Defaults to ``"observation"``.
+        observation_keys (list of NestedKey): the observation entries (an asymmetric critic's too). Defaults to
+            ``["observation"]``.
     """
 
-    def __init__(self, observation_key="observation"):
-        super().__init__(in_keys=[observation_key], out_keys=[observation_key])
+    def __init__(self, observation_keys=("observation",)):
+        super().__init__(in_keys=list(observation_keys), out_keys=list(observation_keys))
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
-        key = self.in_keys[0]
         truncated = next_tensordict.get("truncated")
-        final = next_tensordict.get(key)
-        current = tensordict.get(key)
-        next_tensordict.set(key, torch.where(truncated.reshape(*truncated.shape[:1], *[1] * (final.ndim - 1)), current, final))
+        for key in self.in_keys:
+            final = next_tensordict.get(key)
+            current = tensordict.get(key)
+            where = truncated.reshape(*truncated.shape[:1], *[1] * (final.ndim - 1))
+            next_tensordict.set(key, torch.where(where, current, final))
         return next_tensordict
 
 
@@ -165,7 +167,8 @@ def sapg_view(
         env (EnvBase): a batched TorchRL env (batch size ``[N]``).
         observation_key (str): the key of the policy observation in ``env`` (``"obs"`` for IsaacGym,
             ``"policy"`` for Isaac Lab when the wrapper has not already renamed it). Other observation
-            entries (e.g. privileged ``"states"``) are left alone.
+            entries (privileged ones: IsaacGym's ``"states"``, Isaac Lab's ``"critic"``) pass through under their
+            own names, for an asymmetric critic (``network.critic_observation_keys``).
 
     Keyword Args:
         time_out_key (str, optional): a time-out flag the env writes (IsaacGym: ``"time_outs"``); done steps
@@ -191,8 +194,9 @@ def sapg_view(
         transforms.append(UnsqueezeTransform(-1, in_keys=["reward"], out_keys=["reward"]))
     if time_out_key is not None:
         transforms.append(TimeOutsAsTruncation(time_out_key))
-    if not final_observation_available:
-        transforms.append(BootstrapFromCurrentState())
+    if not final_observation_available:  # every observation entry: the policy's and the privileged ones
+        entries = ["observation", *sorted(k for k in observation_keys if k not in ("observation", observation_key))]
+        transforms.append(BootstrapFromCurrentState(entries))
     if not transforms:
         return env
     return TransformedEnv(env, Compose(*transforms))

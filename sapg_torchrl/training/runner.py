@@ -27,7 +27,6 @@ from torchrl.envs import EnvBase
 
 from sapg_torchrl.errors import ConfigError, Preempted
 from sapg_torchrl.training.checkpoint import save_checkpoint
-from sapg_torchrl.training.distributed import update_running_norm
 from sapg_torchrl.training.evaluation import BackgroundEvaluator, InlineEvaluator, at_episode_end
 from sapg_torchrl.training.preemption import stop_requests
 from sapg_torchrl.training.settings import TrainSettings, check
@@ -98,8 +97,8 @@ class Runner:
         # every rank starts from rank 0's parameters and statistics (equal already when seeded alike)
         loss = update.loss
         ranks.broadcast_([*loss.parameters(), *loss.buffers()])
-        if update.observation_norm is not None:
-            update_running_norm(update.observation_norm, env.reset().get("observation").to(self.device), ranks)
+        if update.observation_norm is not None or update.critic_observation_norm is not None:
+            update.update_observation_norms(env.reset().to(self.device))
         self.collector = Collector(
             env,
             actor,

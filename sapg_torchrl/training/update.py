@@ -86,6 +86,9 @@ class PPOUpdate:
         value_norm (ValueNorm, optional): updated once per iteration with the batch's value targets.
         observation_norm (ValueNorm, optional): updated once per iteration, after the update, with the rollout's
             observations.
+        critic_observation_norm (ValueNorm, optional): an asymmetric critic's, updated alike with its inputs
+            (``critic_observation_keys``, concatenated).
+        critic_observation_keys (list, optional): an asymmetric critic's observation entries; ``None``: the policy's.
         device: where the batch lives.
         seed (int): seeds the minibatch shuffles.
         ranks (Ranks): the processes of a data-parallel run (:mod:`sapg_torchrl.training.distributed`). Defaults to
@@ -115,6 +118,8 @@ class PPOUpdate:
         aggregator: Aggregator | None = None,
         value_norm: ValueNorm | None = None,
         observation_norm: ValueNorm | None = None,
+        critic_observation_norm: ValueNorm | None = None,
+        critic_observation_keys: list | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
         ranks: Ranks = SINGLE,
@@ -127,6 +132,9 @@ class PPOUpdate:
             )
         self.loss, self.layout, self.ppo, self.aggregator = loss, layout, ppo, aggregator
         self.advantage_norm, self.value_norm, self.observation_norm = advantage_norm, value_norm, observation_norm
+        self.critic_observation_norm, self.critic_observation_keys = critic_observation_norm, critic_observation_keys
+        # the env's observation entries the networks read (an asymmetric critic's too)
+        self.observation_keys = list(dict.fromkeys(["observation", *(critic_observation_keys or [])]))
         self.ranks, self.seed = ranks, seed
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -177,7 +185,7 @@ class PPOUpdate:
         an episode's final observation would be (:func:`~sapg_torchrl.targets.fill_lost_final_observations`)."""
         keys, ppo = self.loss.tensor_keys, self.ppo
         if final_observation_lost:
-            fill_lost_final_observations(data)
+            fill_lost_final_observations(data, self.observation_keys)
         # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
         rollout_state_values(self.critic, data, keys.value)
         self.gae(data)
@@ -224,9 +232,17 @@ class PPOUpdate:
         ``data`` (after the update, so that the behaviour log-probs stay exact during it). Returns the mean loss
         outputs; ``iteration`` names the iteration in the error of a run that diverges."""
         losses = self.epochs(batch, iteration)
+        self.update_observation_norms(data)
+        return losses
+
+    @torch.no_grad()
+    def update_observation_norms(self, data: TensorDictBase) -> None:
+        """The observation normalisers (the policy's and an asymmetric critic's) take in ``data``'s observations."""
         if self.observation_norm is not None:
             update_running_norm(self.observation_norm, data.get("observation"), self.ranks)
-        return losses
+        if self.critic_observation_norm is not None:
+            critic_input = torch.cat([data.get(key) for key in self.critic_observation_keys], -1)
+            update_running_norm(self.critic_observation_norm, critic_input, self.ranks)
 
     def minibatch_sizes(self, units: int, rows_per_unit: int = 1) -> list[int]:
         """The minibatches of one epoch over ``units`` rows (or sequences of ``rows_per_unit`` rows)."""
