@@ -175,6 +175,16 @@ class ExportedPolicy:
 
     Attributes:
         metadata (dict): what the file says of itself (inputs, outputs, sizes, block, bounds, provenance).
+
+    Examples:
+        >>> import tempfile
+        >>> from sapg_torchrl import make_actor_critic
+        >>> actor, _ = make_actor_critic(3, 2, num_blocks=4, hidden=(16,))
+        >>> policy = DeployedPolicy(actor, 3, block=1, action_low=-torch.ones(2), action_high=torch.ones(2))
+        >>> path = export_policy(policy, Path(tempfile.mkdtemp()) / "leader.pt", "torchscript")
+        >>> exported = ExportedPolicy(path)
+        >>> exported.metadata["inputs"], exported(np.zeros((5, 3)))[0].shape
+        (['observation'], (5, 2))
     """
 
     def __init__(self, path: str | Path):

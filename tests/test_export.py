@@ -121,3 +121,19 @@ def test_recipe_prints_the_interface_and_refuses_a_run_without_checkpoint(run_di
     done = subprocess.run([sys.executable, str(REPO / "recipes" / "export.py"), f"run={run_dir}", "format=tflite"],
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip() == "error: format='tflite' is not accepted: one of onnx, torchscript"
+
+
+def test_the_deploy_pages_onnxruntime_snippet_runs(run_dir):
+    """docs/deploy.rst's snippet, on this run's file: its first action (a zero state: an episode's start) is the
+    trained policy's."""
+    import re
+    import textwrap
+
+    page = (REPO / "docs" / "deploy.rst").read_text()
+    (snippet,) = re.findall(r"\.\. code-block:: python\n\n(.*?)\n\n(?=\S)", page, re.S)
+    path = export_run(run_dir)["path"]
+    scope = {}
+    exec(compile(textwrap.dedent(snippet).replace('"run/export/leader.onnx"', repr(path)), "deploy.rst", "exec"), scope)
+    rollout, actions = recorded_rollout(run_dir, steps=1)
+    action = scope["act"](rollout["observation"][0, 0].numpy())
+    np.testing.assert_allclose(action, actions[0, 0].numpy(), atol=1e-5)
