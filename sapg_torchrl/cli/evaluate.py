@@ -30,6 +30,8 @@ def run(cfg: DictConfig) -> dict:
     from sapg_torchrl.training.sinks import aside
 
     with exit_on_config_error():
+        if cfg.video and cfg.policy is not None:
+            raise ConfigError(f"video=true is not accepted with policy={cfg.policy}: videos render the checkpoint's actor")
         result = evaluate_run(
             cfg.run, checkpoint=cfg.checkpoint, episodes=cfg.episodes, blocks=cfg.blocks,
             deterministic=cfg.deterministic, seed=cfg.seed, device=cfg.device, policy=cfg.policy,
@@ -42,8 +44,6 @@ def run(cfg: DictConfig) -> dict:
             success = "" if numbers["success_rate"] is None else f", success rate {numbers['success_rate']:.2f}"
             print(f"  block {block}: return {numbers['return_mean']:.2f} +- {numbers['return_std']:.2f} "
                   f"({numbers['completed']}/{cfg.episodes} episodes completed{success})")  # fmt: skip
-        if cfg.video and cfg.policy is not None:
-            raise ConfigError(f"video=true is not accepted with policy={cfg.policy}: videos render the checkpoint's actor")
         if cfg.video:
             block = cfg.blocks if isinstance(cfg.blocks, int) else "leader"
             video = record_video(cfg.run, cfg.video_path, checkpoint=cfg.checkpoint, block=block,
