@@ -29,6 +29,12 @@ def run_dir(request, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    """The run's leader in both formats (each test that needs a file of its own exports it itself)."""
+    return {format: export_run(run_dir, format=format) for format in ("onnx", "torchscript")}
+
+
 def recorded_rollout(run_dir, steps=12, envs=4):
     """The trained leader's deterministic rollout (observations, episode starts, actions as the env received them)."""
     cfg, _, state = load_run(run_dir)
@@ -44,8 +50,8 @@ def recorded_rollout(run_dir, steps=12, envs=4):
 
 
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
-def test_the_file_acts_as_the_trained_policy(run_dir, format):
-    exported = export_run(run_dir, format=format)
+def test_the_file_acts_as_the_trained_policy(run_dir, exported, format):
+    exported = exported[format]
     policy = ExportedPolicy(exported["path"])
     rollout, actions = recorded_rollout(run_dir)
     envs, steps = rollout.shape
@@ -65,10 +71,10 @@ def test_the_file_acts_as_the_trained_policy(run_dir, format):
     assert exported["metadata"]["block"] == 5 and exported["metadata"]["checkpoint"] == "final_iter_000010.pt"
 
 
-def test_evaluating_the_file_gives_the_checkpoints_return(run_dir):
+def test_evaluating_the_file_gives_the_checkpoints_return(run_dir, exported):
     checkpoint = evaluate_run(run_dir, episodes=3)
     for format in ("onnx", "torchscript"):
-        path = export_run(run_dir, format=format)["path"]
+        path = exported[format]["path"]
         from_file = evaluate_run(run_dir, episodes=3, policy=path)
         assert from_file["policy"] == path and from_file["iteration"] == checkpoint["iteration"]
         for key in ("return_mean", "return_std", "completed"):
@@ -96,8 +102,8 @@ def test_bad_export_values_get_one_line(run_dir, kwargs, message):
         export_run(run_dir, **kwargs)
 
 
-def test_bad_evaluate_values_with_a_file(run_dir, tmp_path):
-    path = export_run(run_dir)["path"]
+def test_bad_evaluate_values_with_a_file(run_dir, exported, tmp_path):
+    path = exported["onnx"]["path"]
     with pytest.raises(ConfigError, match=r"deterministic=false is not accepted with policy=.*: an exported policy acts with its mean"):
         evaluate_run(run_dir, policy=path, deterministic=False)
     with pytest.raises(ConfigError, match=r"blocks=2 is not accepted with policy=.*: the file holds block 5 only"):
@@ -130,7 +136,7 @@ def test_recipe_prints_the_interface_and_refuses_a_run_without_checkpoint(run_di
     assert done.returncode == 2 and done.stderr.strip() == "error: format='tflite' is not accepted: one of onnx, torchscript"
 
 
-def test_the_deploy_pages_onnxruntime_snippet_runs(run_dir):
+def test_the_deploy_pages_onnxruntime_snippet_runs(run_dir, exported):
     """docs/deploy.rst's snippet, on this run's file: its first action (a zero state: an episode's start) is the
     trained policy's."""
     import re
@@ -138,7 +144,7 @@ def test_the_deploy_pages_onnxruntime_snippet_runs(run_dir):
 
     page = (REPO / "docs" / "deploy.rst").read_text()
     (snippet,) = re.findall(r"\.\. code-block:: python\n\n(.*?)\n\n(?=\S)", page, re.S)
-    path = export_run(run_dir)["path"]
+    path = exported["onnx"]["path"]
     scope = {}
     exec(compile(textwrap.dedent(snippet).replace('"run/export/leader.onnx"', repr(path)), "deploy.rst", "exec"), scope)
     rollout, actions = recorded_rollout(run_dir, steps=1)
