@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def export_policy(policy: DeployedPolicy, path: str | Path, format: str, metadat
         warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights")
         program = torch.export.export(policy, inputs, dynamic_shapes=dynamic, strict=False)
         if format == "onnx":
+            for name in ("onnx_ir", "onnxscript"):  # their optimisers log every initializer and constant they touch
+                logging.getLogger(name).setLevel(logging.WARNING)
             names_in, names_out = policy.io_names()
             onnx_program = torch.onnx.export(
                 program, inputs, input_names=names_in, output_names=names_out, dynamo=True, verbose=False

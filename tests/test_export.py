@@ -93,7 +93,8 @@ def test_an_earlier_file_is_kept_and_a_block_is_named(run_dir):
     "kwargs, message",
     [
         ({"format": "tflite"}, r"format='tflite' is not accepted: use one of onnx, torchscript"),
-        ({"block": 6}, r"blocks=6 is not accepted: use 'leader', 'all' or a block index in \[0, 6\)"),
+        ({"block": 6}, r"block=6 is not accepted: use 'leader' or a block index in \[0, 6\)"),
+        ({"block": "all"}, r"block='all' is not accepted: use 'leader' or a block index in \[0, 6\)"),
         ({"checkpoint": "iter_999999.pt"}, r"checkpoint=iter_999999.pt: no such file"),
     ],
 )

@@ -201,7 +201,10 @@ def export_run(
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format={format!r} is not accepted: use one of {', '.join(EXPORT_FORMATS)}")
     cfg, checkpoint_path, state = load_run(run_dir, checkpoint)
-    (chosen,) = _blocks(block, _layout(cfg))
+    layout = _layout(cfg)
+    if block != "leader" and not (isinstance(block, int) and not isinstance(block, bool) and 0 <= block < layout.num_blocks):
+        raise ConfigError(f"block={block!r} is not accepted: use 'leader' or a block index in [0, {layout.num_blocks})")
+    (chosen,) = _blocks(block, layout)
     make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
     probe_env = make_sapg_env(make_base(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
     agent = _agent(cfg, state, probe_env, torch.device("cpu"))

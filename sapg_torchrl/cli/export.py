@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> dict:
     state = "" if meta["state_shape"] is None else f", {', '.join(meta['inputs'][1:])}: [batch, {meta['state_shape'][0]}, {meta['state_shape'][1]}] (zeros at an episode's start)"
     print(f"{result['path']}: block {meta['block']} of {cfg.run} ({meta['checkpoint']}, iteration {meta['iteration']})")
     print(f"  in: observation [batch, {meta['observation_dim']}]{state}")
-    print(f"  out: {', '.join(meta['outputs'])}; action [batch, {meta['action_dim']}] in [{meta['action_low']}, {meta['action_high']}]")
+    print(f"  out: {', '.join(meta['outputs'])}; action [batch, {meta['action_dim']}] between low {meta['action_low']} and high {meta['action_high']}")
     return result
 
 
