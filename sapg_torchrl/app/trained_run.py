@@ -66,14 +66,31 @@ def _agent(cfg: DictConfig, state: dict, env, device) -> Agent:
     return agent
 
 
-def _blocks(spec: str | int, layout: BlockLayout) -> list[int]:
+def _one_block(spec: str | int, layout: BlockLayout) -> int | None:
+    """``"leader"`` or a valid block index as a block index; ``None`` for anything else."""
     if spec == "leader":
-        return [layout.leader]
+        return layout.leader
+    if isinstance(spec, int) and not isinstance(spec, bool) and 0 <= spec < layout.num_blocks:
+        return spec
+    return None
+
+
+def _block(spec: str | int, layout: BlockLayout) -> int:
+    """One block (``block=``): ``"leader"`` or an index."""
+    chosen = _one_block(spec, layout)
+    if chosen is None:
+        raise ConfigError(f"block={spec!r} is not accepted: use 'leader' or a block index in [0, {layout.num_blocks})")
+    return chosen
+
+
+def _blocks(spec: str | int, layout: BlockLayout) -> list[int]:
+    """Blocks to evaluate (``blocks=``): ``"leader"``, ``"all"`` or an index."""
     if spec == "all":
         return list(range(layout.num_blocks))
-    if isinstance(spec, int) and not isinstance(spec, bool) and 0 <= spec < layout.num_blocks:
-        return [spec]
-    raise ConfigError(f"blocks={spec!r} is not accepted: use 'leader', 'all' or a block index in [0, {layout.num_blocks})")
+    chosen = _one_block(spec, layout)
+    if chosen is None:
+        raise ConfigError(f"blocks={spec!r} is not accepted: use 'leader', 'all' or a block index in [0, {layout.num_blocks})")
+    return [chosen]
 
 
 @torch.no_grad()
@@ -201,10 +218,7 @@ def export_run(
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format={format!r} is not accepted: use one of {', '.join(EXPORT_FORMATS)}")
     cfg, checkpoint_path, state = load_run(run_dir, checkpoint)
-    layout = _layout(cfg)
-    if block != "leader" and not (isinstance(block, int) and not isinstance(block, bool) and 0 <= block < layout.num_blocks):
-        raise ConfigError(f"block={block!r} is not accepted: use 'leader' or a block index in [0, {layout.num_blocks})")
-    (chosen,) = _blocks(block, layout)
+    chosen = _block(block, _layout(cfg))
     make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
     probe_env = make_sapg_env(make_base(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
     agent = _agent(cfg, state, probe_env, torch.device("cpu"))
@@ -261,7 +275,7 @@ def record_video(
     probe_env = make_sapg_env(make_base(num_envs=1, seed=seed), torch.zeros(1, dtype=torch.long))
     agent = _agent(cfg, state, probe_env, torch.device("cpu"))
     probe_env.close()
-    (chosen,) = _blocks(block, _layout(cfg))
+    chosen = _block(block, _layout(cfg))
     observation, _ = env.reset(seed=seed)
     frames, total, steps = [env.render()], 0.0, 0
     memory = TensorDict({}, batch_size=[1])

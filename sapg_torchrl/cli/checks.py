@@ -216,6 +216,14 @@ def check_command_line(argv: Sequence[str], config_name: str) -> None:
             GlobalHydra.instance().clear()
 
 
+def require_run_folder(argv: Sequence[str]) -> None:
+    """Exits with status 2 and one line unless ``argv`` names ``run=`` (the jobs on a trained run's folder), or asks
+    for help."""
+    help_asked = any(arg in ("-h", "--help", "--hydra-help") for arg in argv)
+    if not help_asked and not any(arg.startswith("run=") for arg in argv):
+        _fail("run=<run folder> is required (the folder of a training run)")
+
+
 @contextlib.contextmanager
 def exit_on_config_error():
     """Turns a :class:`~sapg_torchrl.ConfigError` into ``error: <message>`` on stderr and exit status 2."""

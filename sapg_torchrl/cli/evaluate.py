@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sapg_torchrl.cli import CONFIG_DIR
-from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error
+from sapg_torchrl.cli.checks import check_command_line, exit_on_config_error, require_run_folder
 
 
 def run(cfg: DictConfig) -> dict:
@@ -63,9 +63,6 @@ _hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", ve
 def main() -> None:
     """The console script: ``run=`` is required and the command line checked (one-line errors), then Hydra runs
     :func:`run`."""
-    help_asked = any(arg in ("-h", "--help", "--hydra-help") for arg in sys.argv[1:])
-    if not help_asked and not any(arg.startswith("run=") for arg in sys.argv[1:]):
-        print("error: run=<run folder> is required (the folder of a training run)", file=sys.stderr)
-        raise SystemExit(2)
+    require_run_folder(sys.argv[1:])
     check_command_line(sys.argv[1:], "evaluate")
     _hydra_main()
