@@ -162,6 +162,7 @@ def test_synthetic_report_tables_and_findings(synthetic, tmp_path):
     assert diversity["no_split"][-1] == "–" and diversity["sapg"][-1] == "0.3"
     assert "never reach it count as the budget" in text and "disjoint/seed0" in text
     assert "`sapg` is better than `symmetric`" in text
+    assert "weak difference" not in text  # every effect's interval here excludes 0: no finding is called weak
     for measure in ("training return", "evaluation return"):
         assert re.search(rf"clearly worse than `sapg`\* — on the {measure}: \*\*holds\*\*", text)
     assert re.search(r"against the paper's PPO \(`no_split`\), on the training return — \*\*holds \(sapg better\)\*\*", text)

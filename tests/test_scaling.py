@@ -185,13 +185,14 @@ def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_min
     cfg = _compose
 
     for n, minibatches in ((1536, 4), (3072, 8), (6144, 16)):
-        for ablation in ("sapg", "ppo_entropy_0.005"):
+        for ablation in ("sapg", "ppo_entropy_0.25"):
             fixed = cfg("scaling_hopper", f"env.num_envs={n}", f"ablation={ablation}")
             coscaled = cfg("scaling_hopper_coscaled", f"env.num_envs={n}", f"ablation={ablation}")
             assert fixed.env.make.env_name == "Hopper-v4" and fixed.total_frames == 123 * n * 16
             assert (fixed.ppo.num_minibatches, coscaled.ppo.num_minibatches) == (4, minibatches)
             assert fixed.ppo.kl_rows == "on_policy" and fixed.network.max_log_std == 0.5
     assert cfg("scaling_hopper").hydra.sweeper.params["env.num_envs"] == "1536,3072,6144"
+    assert cfg("scaling_hopper").hydra.sweeper.params["ablation"] == "sapg,ppo_entropy_0.25"  # the study's tuned PPO
     with pytest.raises(Exception, match="env.num_envs=1000 is not accepted here: 4 x N / 1536 must be a whole number"):
         cfg("scaling_hopper_coscaled", "env.num_envs=1000").ppo.num_minibatches
 

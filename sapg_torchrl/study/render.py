@@ -93,6 +93,31 @@ def _verdict(interval: Interval) -> str:
     return "indistinguishable"
 
 
+def finding(measure: str, variant: str, poi: Interval, effect: Interval) -> str:
+    """One line of the report's findings: ``sapg`` against ``variant`` on ``measure``.
+
+    The verdict is P(sapg > variant)'s (:func:`_verdict`); where the effect's interval (IQM(sapg) - IQM(variant))
+    still contains 0, the line says the difference is weak, so that a P just past 0.5 is not read as a clear gap.
+
+    Examples:
+        >>> print(finding("eval", "symmetric", (0.84, 0.52, 1.0), (771.0, -90.7, 1776.0)))  # doctest: +NORMALIZE_WHITESPACE
+        - Evaluation return: `sapg` is better than `symmetric`: P(sapg > symmetric) = 0.84 [0.52, 1] (interval above
+        0.5; the effect's interval contains 0: a weak difference); effect +771 [-90.7, +1776].
+    """
+    w = _verdict(poi)
+    why = {"better": "interval above 0.5", "worse": "interval below 0.5",
+           "indistinguishable": "interval contains 0.5", "unknown": "no scores"}[w]  # fmt: skip
+    if w in ("better", "worse") and effect[1] <= 0 <= effect[2]:
+        why += "; the effect's interval contains 0: a weak difference"
+    text = {"better": f"`{REFERENCE}` is better than `{variant}`", "worse": f"`{REFERENCE}` is worse than `{variant}`",
+            "indistinguishable": f"`{REFERENCE}` and `{variant}` are indistinguishable",
+            "unknown": f"`{REFERENCE}` vs `{variant}`: unknown"}[w]  # fmt: skip
+    return (
+        f"- {MEASURES[measure].capitalize()}: {text}: P({REFERENCE} > {variant}) = {_ci(poi, 3)} ({why}); effect "
+        f"{_signed(effect)}."
+    )
+
+
 def variant_colors(variants: Sequence[str]) -> dict:
     """One fixed colour per variant (its place in :data:`VARIANT_ORDER`), the same in every plot and report."""
     import matplotlib
@@ -379,16 +404,8 @@ def _render(study: Study, summary: Summary, command: str, study_command: str, re
     out += ["## Findings", ""]
     if s.best_variant is not None:
         out.append(f"- Best IQM final return: `{s.best_variant}` ({_ci(s.iqm['final'][s.best_variant])}).")
-    for measure, name in MEASURES.items():
-        for v, interval in s.poi[measure].items():
-            w = _verdict(interval)
-            why = {"better": "interval above 0.5", "worse": "interval below 0.5",
-                   "indistinguishable": "interval contains 0.5", "unknown": "no scores"}[w]  # fmt: skip
-            text = {"better": f"`{REFERENCE}` is better than `{v}`", "worse": f"`{REFERENCE}` is worse than `{v}`",
-                    "indistinguishable": f"`{REFERENCE}` and `{v}` are indistinguishable",
-                    "unknown": f"`{REFERENCE}` vs `{v}`: unknown"}[w]  # fmt: skip
-            out.append(f"- {name.capitalize()}: {text}: P({REFERENCE} > {v}) = {_ci(interval, 3)} ({why}); effect "
-                       f"{_signed(s.effect[measure][v])}.")  # fmt: skip
+    for measure in MEASURES:
+        out += [finding(measure, v, interval, s.effect[measure][v]) for v, interval in s.poi[measure].items()]
     for measure in MEASURES:
         out += _claim_lines(study, s, measure)
     lo, hi = min(len(r) for r in study.runs.values()), max(len(r) for r in study.runs.values())
