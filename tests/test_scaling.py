@@ -204,4 +204,7 @@ def test_an_n_the_co_scaling_cannot_divide_is_one_line_on_the_command_line(capsy
         check_command_line(["--config-name", "scaling_hopper_coscaled", "env.num_envs=3072,1002"], "study")
     error = capsys.readouterr().err.strip()
     assert exit_.value.code == 2
-    assert error == "error: env.num_envs=1002 is not accepted here: 4 x N / 1536 must be a whole number"
+    assert error == (
+        "error: env.num_envs=1002 is not accepted here: 4 x N / 1536 must be a whole number: use a multiple of 384 "
+        "(e.g. 768 or 1152)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -259,7 +260,10 @@ def _frames_of_iterations(iterations, *, _root_) -> int:
 def _scaled_with_n(count, num_envs, *, _root_) -> int:
     n, count, num_envs = int(_root_.env.num_envs), int(count), int(num_envs)
     if (count * n) % num_envs:
-        raise ConfigError(f"env.num_envs={n} is not accepted here: {count} x N / {num_envs} must be a whole number")
+        step = num_envs // math.gcd(count, num_envs)
+        nearest = " or ".join(str(x) for x in sorted({max(step, n // step * step), (n // step + 1) * step}))
+        raise ConfigError(f"env.num_envs={n} is not accepted here: {count} x N / {num_envs} must be a whole number: "
+                          f"use a multiple of {step} (e.g. {nearest})")  # fmt: skip
     return count * n // num_envs
 
 
