@@ -177,6 +177,24 @@ def test_a_sweep_at_a_fixed_number_of_iterations_compares_with_budgets_that_grow
     text = (out / "scaling.md").read_text()
     assert "Each run runs 21 iterations, so the frames grow with N (1000 at N=12, 2016 at N=24, 4032 at N=48)" in text
     assert "| steps per env | 83 | 84 | 84 |" in text
+    assert not any("not comparable across N" in note for note in scaling.notes)
+
+
+def test_at_a_fixed_number_of_iterations_short_episodes_bias_every_n_alike(scaling_folders, tmp_path):
+    """With fewer than two of the longest episodes per env the training return over the last 10% favours the
+    episodes that end early; at a fixed number of iterations every N takes the same steps per env, so the note
+    says the bias is the same at every N instead of calling the measure incomparable across N."""
+    for n in PPO_AT:  # 21 iterations of N x 4 at every N: 84 steps per env, under two 60-step episodes
+        shutil.copytree(scaling_folders / f"N{n}", tmp_path / f"N{n}")
+        for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):
+            config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "total_frames": 21 * n * 4,
+                                              "env": {"make": {"env_name": "Toy-v0"}, "num_envs": n,
+                                                      "eval_steps": 60}}))  # fmt: skip
+    scaling = scaling_summary([load_study(tmp_path / f"N{n}") for n in PPO_AT], reps=100)
+    assert scaling.iterations == 21
+    (note,) = [note for note in scaling.notes if "longest episodes" in note]
+    assert note.startswith("at N=12, 24, 48 each env steps fewer than two of the longest episodes (60 steps)")
+    assert "alike at every N" in note and "not comparable" not in note
 
 
 def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_minibatches():
@@ -194,7 +212,7 @@ def test_the_hopper_sweeps_run_a_fixed_number_of_iterations_and_co_scale_the_min
     assert cfg("scaling_hopper").hydra.sweeper.params["env.num_envs"] == "1536,3072,6144"
     assert cfg("scaling_hopper").hydra.sweeper.params["ablation"] == "sapg,ppo_entropy_0.25"  # the study's tuned PPO
     with pytest.raises(Exception, match="env.num_envs=1000 is not accepted here: 4 x N / 1536 must be a whole number"):
-        cfg("scaling_hopper_coscaled", "env.num_envs=1000").ppo.num_minibatches
+        _ = cfg("scaling_hopper_coscaled", "env.num_envs=1000").ppo.num_minibatches
 
 
 def test_an_n_the_co_scaling_cannot_divide_is_one_line_on_the_command_line(capsys):

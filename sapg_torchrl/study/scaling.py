@@ -9,7 +9,8 @@ each ``N``, for two measures of the leader at the end of the budget:
 - ``"final"``: its training return over the last 10% of the budget, as in the study's report. At a fixed frame
   budget each env steps ``budget / N`` times: where that is under two of the longest episodes, the window holds
   only the episodes that ended early (e.g. MountainCar's flag reached), or none (the run is left out of that
-  aggregate and counted), so this measure is not comparable across ``N`` there, and the report says so;
+  aggregate and counted), so this measure is not comparable across ``N`` there, and the report says so. At a
+  fixed number of iterations every ``N`` takes the same steps per env, and the window the same kind of episodes;
 - ``"eval"``: the mean of its last 3 deterministic evaluations on fresh envs (full episodes, the same at every
   ``N``).
 
@@ -167,11 +168,15 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
     episode_steps = int(steps) if steps is not None else None
     short = [n for n in num_envs if episode_steps and budgets[n] / n < 2 * episode_steps]
     if short:
-        notes.append(
-            f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
-            f"({episode_steps} steps) in the budget: there the final training return averages only the episodes "
-            "that ended early (or none), so it is not comparable across N; the evaluation return is comparable"
-        )
+        where = (f"at N={', '.join(map(str, short))} each env steps fewer than two of the longest episodes "
+                 f"({episode_steps} steps) in the budget")  # fmt: skip
+        if iteration_count is None:  # fewer steps per env at a larger N: a window of another kind of episodes
+            notes.append(f"{where}: there the final training return averages only the episodes that ended early "
+                         "(or none), so it is not comparable across N; the evaluation return is comparable")
+        else:  # the same steps per env at every N: the same bias at every N
+            notes.append(f"{where}: the final training return averages the episodes that ended in the last 10% of "
+                         "the budget, the early-ending ones over-represented, alike at every N (each takes the same "
+                         "steps per env), so both measures compare across N")
     for n in num_envs:  # the summaries' own notes are about measures this report leaves out or counts per cell
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes)]
     return Scaling(str(first.setting("env.make.env_name")), budget, iteration_count, budgets, num_envs,
