@@ -163,15 +163,19 @@ def test_scaling_report_refuses_folders_that_do_not_compare(scaling_folders, tmp
 
 def test_a_sweep_at_a_fixed_number_of_iterations_compares_with_budgets_that_grow_with_n(scaling_folders, tmp_path):
     """The budget grows with N at one number of iterations (``scaling_hopper``): accepted, reported as such, and
-    plotted against N and against the frames collected."""
+    each N's learning curve spans the frames of that N's runs."""
     for n in PPO_AT:  # N = 12's 1000 frames are 21 iterations of 12 x 4; the others get the frames of 21 iterations
         shutil.copytree(scaling_folders / f"N{n}", tmp_path / f"N{n}")
         for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):
             frames = 1000 if n == 12 else 21 * n * 4
             config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "total_frames": frames}))
-    scaling = scaling_summary([load_study(tmp_path / f"N{n}") for n in PPO_AT], reps=100)
+    studies = {n: load_study(tmp_path / f"N{n}") for n in PPO_AT}
+    scaling = scaling_summary(list(studies.values()), reps=100)
     assert scaling.budget is None and scaling.iterations == 21
     assert scaling.budgets == {12: 1000.0, 24: 2016.0, 48: 4032.0}
+    for variant in scaling.variants:  # each N's curve spans the frames that N's runs collected
+        ends = {n: curve[0][-1] for n, curve in scaling.curves[variant].items()}
+        assert ends == {n: max(run.budget for run in studies[n].all_runs) for n in PPO_AT}, (variant, ends)
     out = tmp_path / "report"
     assert report.main(["--scaling", *(str(tmp_path / f"N{n}") for n in PPO_AT), "--out", str(out), "--reps", "100"])
     text = (out / "scaling.md").read_text()

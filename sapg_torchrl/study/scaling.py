@@ -16,7 +16,8 @@ each ``N``, for two measures of the leader at the end of the budget:
 
 These are the study's two measures (:data:`~sapg_torchrl.study.summary.MEASURES`).
 
-:func:`write_scaling_report` writes ``scaling.md`` and ``scaling.png``. A study folder of the same task and budget
+:func:`write_scaling_report` writes ``scaling.md`` and ``scaling.png`` (both measures against ``N``, and each variant's
+learning curve at each ``N`` against frames). A study folder of the same task and budget
 at another ``N`` (e.g. the ablation study's) can be added: only the variants found at two or more ``N`` are
 compared.
 """
@@ -35,6 +36,8 @@ from sapg_torchrl.study.runs import REFERENCE, Study, comparable
 from sapg_torchrl.study.summary import MEASURES, Interval, improvement_over, summarize
 
 __all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
+
+CURVE_POINTS = 50  # the frame grid of each N's learning curves
 
 # settings every study of a scaling sweep shares (dotted config key, name in the messages); and either the frame
 # budget or the number of iterations
@@ -60,6 +63,8 @@ class Scaling:
         scored (dict): measure -> variant -> ``N`` -> the runs with a value (a run whose leader finished no
             episode in the last 10% of the budget has no final training return).
         poi (dict): measure -> variant -> ``N`` -> ``P(sapg > variant)`` with its interval, where both ran.
+        curves (dict): variant -> ``N`` -> ``(frames, iqm, band_low, band_high)``, the IQM over seeds of the
+            leader's training return on a grid of its budget (:attr:`~sapg_torchrl.study.summary.Summary.curves`).
         episode_steps (int or None): the longest episode (``env.eval_steps``).
         notes (list of str): variants left out, measures not comparable at some ``N``, and why; the runs
             without a value are counted per cell (``scored``), not noted.
@@ -76,6 +81,7 @@ class Scaling:
     runs: dict[str, dict[int, int]]
     scored: dict[str, dict[str, dict[int, int]]]
     poi: dict[str, dict[str, dict[int, Interval]]]
+    curves: dict[str, dict[int, tuple]]
     episode_steps: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -143,7 +149,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             "the studies have neither one frame budget nor one number of iterations: "
             + ", ".join(f"N={n}: {budgets[n]:.6g} frames ({iterations[n]} iterations) in {by_n[n].folder}" for n in num_envs)
         )
-    summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False, curve_points=2) for n in num_envs}
+    summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False, curve_points=CURVE_POINTS) for n in num_envs}
     found: dict[str, list[int]] = {}
     for n in num_envs:
         for variant in by_n[n].variants:
@@ -163,6 +169,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
                    for m in MEASURES}  # fmt: skip
     poi = {m: {v: {n: improvement[m][n][v] for n in found[v] if v in improvement[m][n]}
                for v in variants if v != REFERENCE} for m in MEASURES}  # fmt: skip
+    curves = {v: {n: summaries[n].curves[v] for n in found[v]} for v in variants}
     first = studies[0]
     steps = first.setting("env.eval_steps")
     episode_steps = int(steps) if steps is not None else None
@@ -180,7 +187,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
     for n in num_envs:  # the summaries' own notes are about measures this report leaves out or counts per cell
         notes += [f"N={n}: {note}" for note in (*by_n[n].mismatches, *by_n[n].notes)]
     return Scaling(str(first.setting("env.make.env_name")), budget, iteration_count, budgets, num_envs,
-                   {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, episode_steps,
+                   {n: by_n[n].folder for n in num_envs}, variants, iqm, runs, scored, poi, curves, episode_steps,
                    notes)  # fmt: skip
 
 
@@ -190,32 +197,42 @@ def _ci(interval: Interval) -> str:
 
 
 def _plot(scaling: Scaling, path: Path) -> None:
+    """Top row: each measure against ``N``; bottom row: per variant, the leader's training return against frames at
+    each ``N`` (does a larger ``N`` learn as much per frame, and is it still climbing at the end)."""
     import matplotlib.pyplot as plt
 
     colors = variant_colors(scaling.variants)
-    # against N; at a fixed number of iterations also against the frames each N's runs collected
-    axes_of = {"N": lambda n: n} | ({} if scaling.iterations is None else {"frames": lambda n: scaling.budgets[n]})
-    fig, axes = plt.subplots(len(axes_of), len(MEASURES), figsize=(11, 4.2 * len(axes_of)), squeeze=False)
-    for row, (name, x_of) in zip(axes, axes_of.items(), strict=True):
-        for ax, (measure, label) in zip(row, MEASURES.items(), strict=True):
-            for variant in scaling.variants:
-                ns = sorted(scaling.iqm[measure][variant])
-                point, low, high = (np.array([scaling.iqm[measure][variant][n][i] for n in ns]) for i in range(3))
-                xs = [x_of(n) for n in ns]
-                ax.plot(xs, point, marker="o", color=colors[variant], lw=1.8, label=variant)
-                ax.fill_between(xs, low, high, color=colors[variant], alpha=0.2, lw=0)
-            ax.set_xscale("log", base=2)
-            ticks = [x_of(n) for n in scaling.num_envs]
-            ax.set_xticks(ticks, [str(n) if name == "N" else f"{x:.3g}" for n, x in zip(scaling.num_envs, ticks)])
-            ax.minorticks_off()
-            ax.set_xlabel("N, parallel envs (log scale)" if name == "N" else "frames per run (log scale)")
-            ax.set_ylabel(f"leader's {label} (IQM, 95% CI)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=9)
+    fig = plt.figure(figsize=(11, 8.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    for ax, (measure, label) in zip(top.subplots(1, len(MEASURES)), MEASURES.items(), strict=True):
+        for variant in scaling.variants:
+            ns = sorted(scaling.iqm[measure][variant])
+            point, low, high = (np.array([scaling.iqm[measure][variant][n][i] for n in ns]) for i in range(3))
+            ax.plot(ns, point, marker="o", color=colors[variant], lw=1.8, label=variant)
+            ax.fill_between(ns, low, high, color=colors[variant], alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(scaling.num_envs, [str(n) for n in scaling.num_envs])
+        ax.minorticks_off()
+        ax.set_xlabel("N, parallel envs (log scale)")
+        ax.set_ylabel(f"leader's {label} (IQM, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(scaling.num_envs)))
+    shade = dict(zip(scaling.num_envs, shades, strict=True))
+    row = bottom.subplots(1, len(scaling.variants), sharey=True, squeeze=False)[0]
+    for ax, variant in zip(row, scaling.variants, strict=True):
+        for n, (grid, iqm, low, high) in sorted(scaling.curves[variant].items()):
+            ax.plot(grid, iqm, color=shade[n], lw=1.6, label=f"N={n}")
+            ax.fill_between(grid, low, high, color=shade[n], alpha=0.15, lw=0)
+        ax.set_title(variant, fontsize=10)
+        ax.set_xlabel("frames")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    row[0].set_ylabel("leader's training return (IQM, 95% band)")
     end = (f"{scaling.budget:.3g} frames per run" if scaling.iterations is None
            else f"{scaling.iterations} iterations per run (the frames grow with N)")  # fmt: skip
-    fig.suptitle(f"{scaling.task}: the leader at the end of {end}, against N", fontsize=10)
-    fig.tight_layout()
+    top.suptitle(f"{scaling.task}: the leader at the end of {end}, against N", fontsize=10)
+    bottom.suptitle("the leader's learning curve at each N, against frames", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -229,8 +246,9 @@ def _runs_text(scaling: Scaling) -> str:
 
 
 def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) -> Path:
-    """Writes ``scaling.md`` (per measure, the table behind the figure with each variant's :func:`trend`, and
-    ``P(sapg > variant)`` at each ``N``) and ``scaling.png`` in ``out_dir``; returns the Markdown's path."""
+    """Writes ``scaling.md`` (per measure, the table behind the figure's top row with each variant's :func:`trend`,
+    and ``P(sapg > variant)`` at each ``N``) and ``scaling.png`` (each measure against ``N``; each variant's learning
+    curves against frames, one per ``N``) in ``out_dir``; returns the Markdown's path."""
     import matplotlib
 
     matplotlib.use("Agg")
