@@ -128,3 +128,34 @@ def test_default_study_folder_is_named_after_the_env_preset(tmp_path):
     run = tmp_path / "runs" / "study" / "mountaincar" / "sapg" / "seed0"
     assert (run / "result.json").exists()
     assert OmegaConf.load(run / "config.yaml").study.name == "mountaincar"
+
+
+_RUNS_IN_ONE_PROCESS = """
+import gc, sys
+sys.path.insert(0, {repo!r})
+from hydra import compose, initialize_config_dir
+import sapg_torchrl.cli  # registers the config schemas
+from sapg_torchrl.app.run import train
+from sapg_torchrl.envs import EnvpoolEnv
+from sapg_torchrl.training import Runner
+with initialize_config_dir(config_dir={config!r}, version_base="1.3"):
+    cfg = compose("sapg", overrides={overrides!r})
+assert "envpool" not in sys.modules  # imported for the first time inside the first run
+for k in range(2):
+    train(cfg, {folder!r} + f"/run{{k}}")
+gc.collect()
+runners = [o for o in gc.get_objects() if isinstance(o, Runner)]
+pools = [o for o in gc.get_objects() if isinstance(o, EnvpoolEnv) and o._env is not None]
+print(len(runners), len(pools))
+"""
+
+
+def test_a_process_that_trains_run_after_run_keeps_none_of_them(tmp_path):
+    """A study worker trains one run after another in one process: a finished run's runner and env pools must not
+    outlive it (envpool's kept import error once held the first run's frames, and each pool 4.5 GB at N = 6144,
+    until the kernel killed the sweep). A fresh process, so that envpool's first import happens inside a run."""
+    script = _RUNS_IN_ONE_PROCESS.format(repo=str(REPO), config=str(CONFIG_DIR), overrides=list(TINY_OVERRIDES),
+                                         folder=str(tmp_path))  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["0", "0"], result.stdout[-2000:]

@@ -1,7 +1,7 @@
 """envpool through TorchRL's :class:`~torchrl.envs.MultiThreadedEnv`, with three fixes.
 
 TorchRL 0.14.1's wrapper does not work with envpool 1.2 as shipped. :class:`EnvpoolEnv` subclasses it
-and changes only what breaks:
+and changes only what breaks, or what a study of many runs in one process cannot afford:
 
 1. **gymnasium, not gym.** The wrapper builds its specs under ``set_gym_backend("gym")``, creates the
    pool with ``env_type="gym"`` and converts observations with ``treevalue``; neither ``gym`` nor
@@ -15,6 +15,14 @@ and changes only what breaks:
    "observation")`` holds the true final observation (needed to bootstrap truncated episodes).
 3. **Trailing singleton reward and done dims**, ``[N, 1]``, the shape TorchRL's value estimators and
    losses expect.
+4. **A study process does not grow run after run.** A process that trains one run after another (a joblib
+   worker, ``hydra.launcher.n_jobs=1``) grew by about a pool per run (4.5 GB for 6144 Hopper envs) until the
+   kernel killed it, for three reasons: where Procgen's Qt runtime is missing, ``envpool.procgen`` keeps its
+   ``ImportError`` for the life of the process, and that error's traceback holds every frame that was on the
+   stack during the first ``import envpool``, with their locals (the first run's whole runner); the wrapper's
+   ``close`` keeps the pool until the wrapper is collected; and glibc keeps the heap freed by envpool's worker
+   threads. envpool is imported without the traceback (:func:`_import_envpool`), ``close`` drops the pool, and
+   the freed heap goes back to the OS.
 
 And one addition: tasks with dict observations (gymnasium-robotics' goal-conditioned hands, MuJoCo
 Playground) can have the entries SAPG should see concatenated into one flat ``observation``
@@ -23,6 +31,9 @@ Playground) can have the entries SAPG should see concatenated into one flat ``ob
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from typing import Any
 
 import numpy as np
@@ -90,9 +101,7 @@ class EnvpoolEnv(MultiThreadedEnv):
 
     # 1. gymnasium instead of gym ----------------------------------------------------------------
     def _build_env(self, env_name: str, num_workers: int, create_env_kwargs: dict | None):
-        import envpool
-
-        pool = envpool.make(
+        pool = _import_envpool().make(
             task_id=env_name,
             env_type="gymnasium",
             num_envs=num_workers,
@@ -141,7 +150,8 @@ class EnvpoolEnv(MultiThreadedEnv):
             return spec
         # the task's own entries (TorchRL's spec conversion renames some, e.g. "state" -> "observation")
         space = self._env.observation_space
-        for name, keys in (("observation_keys", self._observation_keys), ("privileged_observation_keys", self._privileged_keys)):
+        named = (("observation_keys", self._observation_keys), ("privileged_observation_keys", self._privileged_keys))
+        for name, keys in named:
             missing = [key for key in keys if key not in getattr(space, "spaces", {})]
             if missing:
                 from sapg_torchrl.errors import ConfigError
@@ -200,3 +210,32 @@ class EnvpoolEnv(MultiThreadedEnv):
         )
         self.obs = TensorDict(out, batch_size=self.batch_size, device=self.device)
         return self.obs
+
+    # 4. closing frees the pool --------------------------------------------------------------------
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        """Closes the pool, drops it (a closed wrapper still referenced, e.g. by a finished run's runner, no longer
+        holds it) and returns the freed heap to the OS."""
+        super().close(raise_if_closed=raise_if_closed)
+        self._env = None
+        _return_freed_heap()
+
+
+def _return_freed_heap() -> None:
+    """glibc's ``malloc_trim(0)``: the memory freed by a pool's threads goes back to the OS instead of staying in
+    their arenas (a no-op where the C library is not glibc)."""
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def _import_envpool():
+    """``import envpool``, then drop the traceback of the ``ImportError`` that ``envpool.procgen`` keeps where
+    Procgen cannot load: it holds the frames on the stack during this first import, and their locals, forever."""
+    import envpool
+
+    error = getattr(sys.modules.get("envpool.procgen"), "_PROCGEN_IMPORT_ERROR", None)
+    while error is not None:  # and the errors it was raised from
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    return envpool
