@@ -1,4 +1,4 @@
-"""envpool through TorchRL's :class:`~torchrl.envs.MultiThreadedEnv`, with three fixes.
+"""envpool through TorchRL's :class:`~torchrl.envs.MultiThreadedEnv`, with four fixes.
 
 TorchRL 0.14.1's wrapper does not work with envpool 1.2 as shipped. :class:`EnvpoolEnv` subclasses it
 and changes only what breaks, or what a study of many runs in one process cannot afford:
