@@ -37,8 +37,6 @@ from sapg_torchrl.study.summary import MEASURES, Interval, improvement_over, sum
 
 __all__ = ["Scaling", "scaling_summary", "trend", "write_scaling_report"]
 
-CURVE_POINTS = 50  # the frame grid of each N's learning curves
-
 # settings every study of a scaling sweep shares (dotted config key, name in the messages); and either the frame
 # budget or the number of iterations
 _SAME = (("env.make.env_name", "task"), ("ppo.horizon", "T"))
@@ -149,7 +147,7 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
             "the studies have neither one frame budget nor one number of iterations: "
             + ", ".join(f"N={n}: {budgets[n]:.6g} frames ({iterations[n]} iterations) in {by_n[n].folder}" for n in num_envs)
         )
-    summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False, curve_points=CURVE_POINTS) for n in num_envs}
+    summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False) for n in num_envs}
     found: dict[str, list[int]] = {}
     for n in num_envs:
         for variant in by_n[n].variants:
