@@ -87,7 +87,7 @@ class InlineEvaluator:
     """Evaluates the leader in the training process (:func:`evaluate_leader` on ``env``), blocking the loop.
 
     Args:
-        env (EnvBase): fresh envs of the leader's block.
+        env (EnvBase): fresh envs of the leader's block; the evaluator owns them and :meth:`close` closes them.
         policy: the actor (or its compiled version).
         steps (int): the most steps of an evaluation.
     """
@@ -100,7 +100,9 @@ class InlineEvaluator:
         return evaluate_leader(self.env, self.policy, self.steps)
 
     def close(self) -> None:
-        """Nothing to stop."""
+        """Closes the envs, as :class:`BackgroundEvaluator`'s child does its own: their simulator is freed when the
+        run ends rather than when the evaluator is collected."""
+        self.env.close()
 
 
 def _serve(make_env: Callable[[], EnvBase], actor: nn.Module, steps: int, requests, results) -> None:
