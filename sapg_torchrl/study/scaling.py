@@ -89,7 +89,8 @@ def trend(final: dict[int, Interval]) -> str:
 
     ``"degrades"``: the largest ``N``'s interval lies wholly below the best ``N``'s; ``"improves"``: the
     smallest ``N``'s lies wholly below the largest's; ``"saturates"``: neither, but the best ``N`` is not the
-    largest (more envs do not help beyond the intervals); ``"flat"``: otherwise.
+    largest (more envs do not help beyond the intervals); ``"flat"``: neither, and the best ``N`` is the largest
+    (more envs may help, but not beyond the intervals).
 
     Examples:
         >>> trend({384: (10.0, 8.0, 12.0), 1536: (50.0, 45.0, 55.0), 6144: (20.0, 15.0, 25.0)})
@@ -262,7 +263,8 @@ def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) ->
         "evaluations on fresh envs. *Training return*: its mean return over the last 10% of the budget. IQM over seeds with "
         "a 95% stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
         "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
-        "below the largest's, `saturates` when neither and the best N is not the largest."
+        "below the largest's; otherwise no change beyond the intervals: `saturates` when the best N is not the "
+        "largest, `flat` when it is."
     )
     lines = [f"# The leader against N: {scaling.task}", "", "```bash", command, "```", "",
              about.format(runs=_runs_text(scaling)), "", f"| steps per env{longest} | {steps} |",
