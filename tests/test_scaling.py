@@ -86,7 +86,8 @@ def test_variants_at_one_n_are_left_out_in_one_note(scaling_folders, tmp_path):
     shutil.copytree(scaling_folders / "N24", tmp_path / "N24")
     for variant in ("symmetric", "disjoint"):
         for seed in range(5):
-            _write_run(tmp_path / "N24" / variant / f"seed{seed}", variant, seed, np.full(FRAMES.size, 3.0), num_envs=24)
+            run_dir = tmp_path / "N24" / variant / f"seed{seed}"
+            _write_run(run_dir, variant, seed, np.full(FRAMES.size, 3.0), num_envs=24)
     scaling = scaling_summary([load_study(scaling_folders / "N12"), load_study(tmp_path / "N24")], reps=100)
     assert scaling.variants == ["sapg", "no_split"]
     assert [note for note in scaling.notes if "only at" in note] == ["only at N=24, left out: symmetric, disjoint"]
@@ -98,7 +99,7 @@ def test_runs_without_a_finished_episode_are_counted_and_short_budgets_flagged(s
     training returns cover fewer than two of the longest episodes."""
     for n in PPO_AT:
         shutil.copytree(scaling_folders / f"N{n}", tmp_path / f"N{n}")
-        for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):  # BUDGET 1000 frames; 1000 / N steps per env
+        for config in (tmp_path / f"N{n}").glob("*/seed*/config.yaml"):  # BUDGET 1000 frames, whole iterations of N x 4
             config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "env": {
                 "make": {"env_name": "Toy-v0"}, "num_envs": n, "eval_steps": 30}}))  # fmt: skip
     run = tmp_path / "N48" / "sapg" / "seed0"  # sapg seed 0 at N = 48: no episode finished, evaluated at 0.5
@@ -130,12 +131,13 @@ def test_scaling_report_from_the_command_line(scaling_folders, tmp_path, capsys)
     assert "| N=12 | N=24 | N=48 | trend |" in text and rows[0].endswith("| degrades |") and "(5/5)" in rows[0]
     assert rows[1] == rows[3] == "| no_split | 1 [1, 1] | 1 [1, 1] | 1 [1, 1] |"
     assert text.index("## Training return") < text.index("## Evaluation return")
-    assert "| steps per env | 83 | 42 | 21 |" in text and "--scaling" in text
+    assert "| steps per env | 84 | 44 | 24 |" in text  # whole iterations of N x 4 and "--scaling" in text
 
 
 @pytest.mark.parametrize(
     "case, message",
-    [("one", "two or more N"), ("same_n", "two study folders have N=12"), ("other_task", "task (env.make.env_name) differs"),
+    [("one", "two or more N"), ("same_n", "two study folders have N=12"),
+     ("other_task", "task (env.make.env_name) differs"),
      ("other_budget", "neither one frame budget nor one number of iterations")],
 )
 def test_scaling_report_refuses_folders_that_do_not_compare(scaling_folders, tmp_path, capsys, case, message):
@@ -172,15 +174,15 @@ def test_a_sweep_at_a_fixed_number_of_iterations_compares_with_budgets_that_grow
     studies = {n: load_study(tmp_path / f"N{n}") for n in PPO_AT}
     scaling = scaling_summary(list(studies.values()), reps=100)
     assert scaling.budget is None and scaling.iterations == 21
-    assert scaling.budgets == {12: 1000.0, 24: 2016.0, 48: 4032.0}
+    assert scaling.budgets == {12: 1008.0, 24: 2016.0, 48: 4032.0}  # N = 12's 1000 frames: 21 whole iterations
     for variant in scaling.variants:  # each N's curve spans the frames that N's runs collected
         ends = {n: curve[0][-1] for n, curve in scaling.curves[variant].items()}
         assert ends == {n: max(run.budget for run in studies[n].all_runs) for n in PPO_AT}, (variant, ends)
     out = tmp_path / "report"
     assert report.main(["--scaling", *(str(tmp_path / f"N{n}") for n in PPO_AT), "--out", str(out), "--reps", "100"])
     text = (out / "scaling.md").read_text()
-    assert "Each run runs 21 iterations, so the frames grow with N (1000 at N=12, 2016 at N=24, 4032 at N=48)" in text
-    assert "| steps per env | 83 | 84 | 84 |" in text
+    assert "Each run runs 21 iterations, so the frames grow with N (1008 at N=12, 2016 at N=24, 4032 at N=48)" in text
+    assert "| steps per env | 84 | 84 | 84 |" in text
     assert not any("not comparable across N" in note for note in scaling.notes)
 
 

@@ -52,7 +52,8 @@ class Scaling:
             budget grows with ``N`` at a fixed number of iterations).
         iterations (int or None): the iterations of every run, where every ``N`` runs the same number (``None`` at
             a fixed frame budget).
-        budgets (dict): ``N`` -> the frame budget of its runs.
+        budgets (dict): ``N`` -> the frames its runs collect (their ``total_frames`` rounded up to whole
+            iterations, as the runner does).
         num_envs (list of int): the values of ``N``, ascending.
         folders (dict): ``N`` -> its study folder.
         variants (list of str): the variants found at two or more ``N``, in the study's order.
@@ -135,19 +136,21 @@ def scaling_summary(studies: Sequence[Study], *, reps: int = 2000, seed: int = 0
                 raise ValueError(f"{label} ({key}) differs: {mine} in {study.folder}, {first} in {studies[0].folder}")
         by_n[n] = study
     num_envs = sorted(by_n)
-    budgets = {n: float(by_n[n].setting("total_frames")) for n in num_envs}
+    configured = {n: float(by_n[n].setting("total_frames")) for n in num_envs}
     horizon = int(studies[0].setting("ppo.horizon"))
-    iterations = {n: math.ceil(budgets[n] / (n * horizon)) for n in num_envs}
+    iterations = {n: math.ceil(configured[n] / (n * horizon)) for n in num_envs}
     budget = iteration_count = None
-    if len({comparable(b) for b in budgets.values()}) == 1:
-        budget = budgets[num_envs[0]]
+    if len({comparable(b) for b in configured.values()}) == 1:
+        budget = configured[num_envs[0]]
     elif len(set(iterations.values())) == 1:
         iteration_count = iterations[num_envs[0]]
     else:
         raise ValueError(
             "the studies have neither one frame budget nor one number of iterations: "
-            + ", ".join(f"N={n}: {budgets[n]:.6g} frames ({iterations[n]} iterations) in {by_n[n].folder}" for n in num_envs)
+            + ", ".join(f"N={n}: {configured[n]:.6g} frames ({iterations[n]} iterations) in {by_n[n].folder}"
+                        for n in num_envs)
         )
+    budgets = {n: float(iterations[n] * n * horizon) for n in num_envs}  # what the runs collect (whole iterations)
     summaries = {n: summarize(by_n[n], reps=reps, seed=seed, diversity=False) for n in num_envs}
     found: dict[str, list[int]] = {}
     for n in num_envs:
@@ -238,7 +241,8 @@ def _plot(scaling: Scaling, path: Path) -> None:
 
 def _runs_text(scaling: Scaling) -> str:
     if scaling.iterations is None:
-        return f"Each run collects {scaling.budget:.4g} frames: a larger N means fewer iterations (fewer updates)"
+        return (f"Each run collects {scaling.budget:.4g} frames, rounded up to whole iterations: a larger N means "
+                "fewer iterations (fewer updates)")
     frames = ", ".join(f"{scaling.budgets[n]:.4g} at N={n}" for n in scaling.num_envs)
     return (f"Each run runs {scaling.iterations} iterations, so the frames grow with N ({frames}) and every N takes "
             "the same number of updates")
@@ -259,9 +263,9 @@ def write_scaling_report(scaling: Scaling, out_dir: str | Path, command: str) ->
     rule = "|---" * (len(scaling.num_envs) + 2) + "|"
     longest = f" (longest episode: {scaling.episode_steps})" if scaling.episode_steps else ""
     about = (
-        "{runs}. *Evaluation return*: the mean of the leader's last 3 deterministic "
-        "evaluations on fresh envs. *Training return*: its mean return over the last 10% of the budget. IQM over seeds with "
-        "a 95% stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
+        "{runs}. *Evaluation return*: the mean of the leader's last 3 deterministic evaluations on fresh envs. "
+        "*Training return*: its mean return over the last 10% of the budget. IQM over seeds with a 95% "
+        "stratified-bootstrap interval; in parentheses the runs that have the measure, of the runs. Trend: "
         "`degrades` when the largest N's interval lies below the best N's, `improves` when the smallest N's lies "
         "below the largest's; otherwise no change beyond the intervals: `saturates` when the best N is not the "
         "largest, `flat` when it is."
