@@ -1,20 +1,25 @@
 """Data-parallel SAPG (torch.distributed, gloo on the CPU, 2 processes under torchrun): gradients and global
 statistics equal one process's on the union of the ranks' rows, a 2-process run is one run, bad input is one line."""
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from conftest import REPO, TINY_OVERRIDES
 from distributed_checks import M, gradients, statistics, statistics_data
 
 from sapg_torchrl import ConfigError
-from sapg_torchrl.training.distributed import SINGLE, from_environment, split_envs
+from sapg_torchrl.errors import Preempted
+from sapg_torchrl.training import distributed
+from sapg_torchrl.training.distributed import SINGLE, Ranks, from_environment, process_group, split_envs
 
 
 def torchrun(*args, cwd, timeout=300) -> subprocess.CompletedProcess:
@@ -105,3 +110,40 @@ def test_single_process_without_torchrun(monkeypatch):
     with pytest.raises(ConfigError, match="train.distributed_backend='mpi' is not accepted: use one of auto, nccl, gloo"):
         from_environment("mpi")
     assert M == 3
+
+
+@pytest.mark.parametrize(
+    "ending, left",
+    [(None, True), (Preempted(signal.SIGTERM, 3, None), True), (RuntimeError("a rank failed"), False)],
+    ids=["finished", "preempted", "failed"],
+)
+def test_a_run_leaves_the_group_it_joined(monkeypatch, ending, left):
+    """Left at the run's end (at the interpreter's exit gloo can abort a finished run's process); kept after an
+    error, when another rank may be inside a collective that destroying the group would wait on."""
+
+    def join(backend, device_type):  # a one-process gloo group standing in for torchrun's
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return Ranks(0, 2)
+
+    monkeypatch.setattr(distributed, "from_environment", join)
+    try:
+        with contextlib.suppress(type(ending) if ending else ()), process_group("gloo") as ranks:
+            assert ranks.distributed and dist.is_initialized()
+            if ending is not None:
+                raise ending
+        assert dist.is_initialized() is not left
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_group_joined_before_the_run_is_kept(monkeypatch):
+    """The caller's group (joined before ``train``) is the caller's to leave."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    monkeypatch.setattr(distributed, "from_environment", lambda backend, device_type: Ranks(0, 2))
+    try:
+        with process_group("gloo"):
+            pass
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -21,7 +21,7 @@ from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.metrics.diversity import pairwise_block_kl, per_block_entropy
 from sapg_torchrl.training.checkpoint import load_checkpoint
 from sapg_torchrl.training.device import device_of
-from sapg_torchrl.training.distributed import Ranks, from_environment
+from sapg_torchrl.training.distributed import Ranks, process_group
 from sapg_torchrl.training.runner import Runner
 from sapg_torchrl.training.sinks import CSVSink, WandbSink, aside
 from sapg_torchrl.training.state_reservoir import StateReservoir
@@ -50,9 +50,11 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
     :class:`~sapg_torchrl.errors.Preempted`.
     """
     validate(cfg)
-    ranks = from_environment(cfg.train.distributed_backend, device_of(cfg.device).type)
     config = OmegaConf.to_container(cfg, resolve=True)
-    with contextlib.ExitStack() as held:  # the run folder, for this process alone until the run ends
+    with (
+        process_group(cfg.train.distributed_backend, device_of(cfg.device).type) as ranks,
+        contextlib.ExitStack() as held,  # the run folder, for this process alone until the run ends
+    ):
         run_dir, start = _start_run(Path(run_dir), config, resume, ranks, held)
         if start.result is not None:
             log.info("%s already finished: skipped", run_dir)

@@ -15,7 +15,8 @@ on one flat buffer, as DDP would do it for a single bucket.
 Launch with ``torchrun``: the process group is read from its environment variables (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); NCCL on GPUs (one per local rank), gloo on CPU.
 Without them (a plain ``python`` launch) :func:`from_environment` returns the single-process
-:data:`SINGLE`, whose reductions do nothing.
+:data:`SINGLE`, whose reductions do nothing. A run holds the group for its extent with :func:`process_group`,
+which leaves it when the run ends.
 
 Examples:
     >>> import torch
@@ -27,16 +28,18 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.errors import ConfigError, Preempted
 
 __all__ = [
-    "BACKENDS", "Ranks", "SINGLE", "from_environment", "split_envs", "update_running_norm",
+    "BACKENDS", "Ranks", "SINGLE", "from_environment", "process_group", "split_envs", "update_running_norm",
 ]  # fmt: skip
 
 BACKENDS = ("auto", "nccl", "gloo")
@@ -159,6 +162,40 @@ def from_environment(backend: str = "auto", device_type: str = "cpu") -> Ranks:
         # a rank that dies leaves the others in a collective: torchrun stops them, and the timeout bounds it
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
     return Ranks(rank, world_size, local_rank, device=f"cuda:{local_rank}" if backend == "nccl" else "cpu")
+
+
+@contextlib.contextmanager
+def process_group(backend: str = "auto", device_type: str = "cpu") -> Iterator[Ranks]:
+    """:func:`from_environment`'s ranks for the extent of one run: a group joined here is left
+    (``destroy_process_group``) when the run ends, on every rank together.
+
+    Left to the interpreter's exit instead, the group can be destroyed after the interpreter began tearing down,
+    its threads still joinable: gloo then aborts the process (SIGABRT, ``terminate called without an active
+    exception``) and torchrun fails a run that finished. A run stopped by a signal
+    (:class:`~sapg_torchrl.errors.Preempted`: every rank stops after the same iteration) leaves it too; after any
+    other error it is not left, since another rank may be inside a collective that destroying the group would
+    wait on (torchrun stops the other ranks).
+
+    Args:
+        backend (str): as :func:`from_environment`'s.
+        device_type (str): as :func:`from_environment`'s.
+
+    Examples:
+        >>> with process_group() as ranks:  # no torchrun: one process, no group to join or leave
+        ...     ranks is SINGLE
+        True
+    """
+    joins = not dist.is_initialized()
+    ranks = from_environment(backend, device_type)
+    leave = joins and ranks.distributed
+    try:
+        yield ranks
+    except Preempted:
+        if leave:
+            dist.destroy_process_group()
+        raise
+    if leave:
+        dist.destroy_process_group()
 
 
 @torch.no_grad()
