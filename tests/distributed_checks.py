@@ -98,17 +98,14 @@ def drift_is_caught(ranks: Ranks) -> bool:
 
 
 if __name__ == "__main__":
-    import torch.distributed as dist
+    from sapg_torchrl.training.distributed import process_group
 
-    from sapg_torchrl.training.distributed import from_environment
-
-    ranks = from_environment("gloo")
-    result = {
-        "world_size": ranks.world_size,
-        "grads_sapg": gradients(False, ranks),
-        "grads_disjoint": gradients(True, ranks),
-        "statistics": statistics(ranks),
-        "drift_caught": drift_is_caught(ranks),
-    }
+    with process_group("gloo") as ranks:
+        result = {
+            "world_size": ranks.world_size,
+            "grads_sapg": gradients(False, ranks),
+            "grads_disjoint": gradients(True, ranks),
+            "statistics": statistics(ranks),
+            "drift_caught": drift_is_caught(ranks),
+        }
     torch.save(result, Path(sys.argv[1]) / f"rank{ranks.rank}.pt")
-    dist.destroy_process_group()
