@@ -167,7 +167,7 @@ def from_environment(backend: str = "auto", device_type: str = "cpu") -> Ranks:
 @contextlib.contextmanager
 def process_group(backend: str = "auto", device_type: str = "cpu") -> Iterator[Ranks]:
     """:func:`from_environment`'s ranks for the extent of one run: a group joined here is left
-    (``destroy_process_group``) when the run ends, on every rank together.
+    (``destroy_process_group``) by every rank when its run ends.
 
     Left to the interpreter's exit instead, the group can be destroyed after the interpreter began tearing down,
     its threads still joinable: gloo then aborts the process (SIGABRT, ``terminate called without an active
