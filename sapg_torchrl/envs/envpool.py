@@ -32,7 +32,6 @@ Playground) can have the entries SAPG should see concatenated into one flat ``ob
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from typing import Any
 
@@ -222,9 +221,9 @@ class EnvpoolEnv(MultiThreadedEnv):
 
 def _return_freed_heap() -> None:
     """glibc's ``malloc_trim(0)``: the memory freed by a pool's threads goes back to the OS instead of staying in
-    their arenas (a no-op where the C library is not glibc)."""
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    their arenas (a no-op where the C library is not glibc). The process's own symbols hold the C library's, so
+    nothing is searched for (``ctypes.util.find_library`` would run ``ldconfig`` at every close)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
 
