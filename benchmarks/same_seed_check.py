@@ -6,6 +6,7 @@ Runs four short fixed-seed runs with the recipe of a checkout (``sapg``, ``disjo
     python benchmarks/same_seed_check.py run  --checkout /path/to/old/clone --out /tmp/before
     python benchmarks/same_seed_check.py run  --out /tmp/after                 # this checkout
     python benchmarks/same_seed_check.py compare /tmp/before /tmp/after        # exit 1 on any difference
+    python benchmarks/same_seed_check.py run --out /tmp/after --set ppo.shuffle=every_epoch   # a new key at its old value
 
 Each run is 4 iterations of the embedded default (MountainCar, N = 1536, T = 16), with an evaluation at
 iterations 1, 2 and 4, and one torch thread per process, so that the float reductions are the same from run to run.
@@ -33,7 +34,7 @@ CASES = {
 TIMING = ("time_s", "fps")
 
 
-def run(checkout: Path, out: Path, cases: list[str]) -> None:
+def run(checkout: Path, out: Path, cases: list[str], overrides: list[str] = ()) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for case in cases:
         folder = out / case
@@ -41,7 +42,7 @@ def run(checkout: Path, out: Path, cases: list[str]) -> None:
         if case == "torchrun2":
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                        str(checkout / "recipes" / "sapg.py")]  # fmt: skip
-        done = subprocess.run([*command, *COMMON, *CASES[case], f"hydra.run.dir={folder}"], env=env, cwd=out)
+        done = subprocess.run([*command, *COMMON, *CASES[case], *overrides, f"hydra.run.dir={folder}"], env=env, cwd=out)
         if done.returncode:
             raise SystemExit(f"error: {case} failed with exit code {done.returncode}")
         print(f"{case}: {folder / 'metrics.csv'}")
@@ -77,6 +78,8 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--checkout", type=Path, default=REPO)
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="Hydra overrides added to every case (e.g. a new key at the old behaviour's value)")
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
@@ -85,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "run":
         args.out.mkdir(parents=True, exist_ok=True)
-        run(args.checkout.resolve(), args.out.resolve(), args.cases)
+        run(args.checkout.resolve(), args.out.resolve(), args.cases, args.set)
     else:
         raise SystemExit(compare(args.a, args.b, args.cases))
 

@@ -79,6 +79,7 @@ def make_actor_critic(
     max_log_std: float | None = None,
     lstm_size: int | None = None,
     lstm_layer_norm: bool = False,
+    zero_bias: bool = False,
     value_norm: ValueNorm | None = None,
     observation_norm: ValueNorm | None = None,
     critic_observation_keys: Sequence[NestedKey] | None = None,
@@ -113,6 +114,8 @@ def make_actor_critic(
         lstm_layer_norm (bool): a LayerNorm on the LSTM's output, before phi and the MLP (rl_games'
             ``layer_norm: True`` with ``before_mlp: True``, as in the published AllegroKuka network).
             Defaults to ``False``.
+        zero_bias (bool): every linear layer's bias starts at zero (rl_games' network builder, the released code),
+            its weights at PyTorch's default either way. Defaults to ``False`` (PyTorch's default bias).
         value_norm (ValueNorm, optional): if given, the value head predicts normalised values and the
             critic denormalises them with these statistics (pass the same object to
             :class:`~sapg_torchrl.SAPGLoss`).
@@ -223,4 +226,8 @@ def make_actor_critic(
     if value_norm is not None:
         steps.append(TensorDictModule(Denormalize(value_norm), in_keys=["state_value"], out_keys=["state_value"]))
     critic = TensorDictSequential(*steps, selected_out_keys=["state_value"])
+    if zero_bias:
+        for module in [*actor.modules(), *critic.modules()]:
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
     return actor, critic

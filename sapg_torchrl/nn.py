@@ -15,12 +15,13 @@ from torch import nn
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch.func import functional_call, stack_module_state
+from torchrl.modules.value_norm import RunningValueNorm
 
 from sapg_torchrl.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Concatenate", "Standardize", "Denormalize",
-    "ReuseIfPresent",
+    "ClippedValueNorm", "ReuseIfPresent",
 ]  # fmt: skip
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -168,6 +169,31 @@ class Denormalize(nn.Module):
 
     def forward(self, normalised_value: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalize(normalised_value)
+
+
+class ClippedValueNorm(RunningValueNorm):
+    """TorchRL's ``RunningValueNorm`` whose normalised values lie in ``[-clip, clip]``, as rl_games'
+    ``RunningMeanStd``: :meth:`normalize` clips its result and :meth:`denormalize` its input. As the value
+    normaliser (``ppo.value_norm_clip``, the released code's 5), the loss regresses clipped targets and the critic
+    predicts values within ``clip`` standard deviations of the running mean. Same statistics and state as
+    ``RunningValueNorm``.
+
+    Examples:
+        >>> norm = ClippedValueNorm(clip=5.0)
+        >>> norm.update(torch.tensor([[0.0], [2.0]]))  # mean 1, std 1
+        >>> norm.normalize(torch.tensor([[100.0]])), norm.denormalize(torch.tensor([[9.0]]))
+        (tensor([[5.]]), tensor([[6.]]))
+    """
+
+    def __init__(self, *, clip: float, shape: int | tuple[int, ...] = 1, epsilon: float = 1e-5, device=None):
+        super().__init__(shape=shape, epsilon=epsilon, device=device)
+        self.clip = clip
+
+    def normalize(self, value_target: torch.Tensor) -> torch.Tensor:
+        return super().normalize(value_target).clamp(-self.clip, self.clip)
+
+    def denormalize(self, normalised_value: torch.Tensor) -> torch.Tensor:
+        return super().denormalize(normalised_value.clamp(-self.clip, self.clip))
 
 
 class Standardize(nn.Module):

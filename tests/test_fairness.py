@@ -5,11 +5,13 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torch import nn
 
 from sapg_torchrl import SAPGLoss, make_actor_critic
 from sapg_torchrl.app.build import build_runner
+from sapg_torchrl.app.schema import SAPGConfig
 from sapg_torchrl.training.update import minibatch_sizes
 
 from conftest import CONFIG_DIR, TINY_OVERRIDES
@@ -210,3 +212,102 @@ def test_lstm_layer_norm_sits_on_the_lstm_output():
     norms = [m for m in actor.modules() if isinstance(m, nn.LayerNorm)]
     assert len(norms) == 1 and norms[0].normalized_shape == (8,)
     assert not any(isinstance(m, nn.LayerNorm) for m in make_actor_critic(3, 2, 2, hidden=(16,), lstm_size=8)[0].modules())
+
+
+# ------------------------------------------------------------------ the released code's update (issue 35)
+RELEASED_UPDATE = ("ppo.value_norm_update", "ppo.value_norm_clip", "ppo.observation_norm_update", "ppo.shuffle",
+                   "network.zero_bias")  # fmt: skip
+
+
+def test_code_fidelity_updates_as_the_released_code(compose_cfg):
+    """fidelity=code sets rl_games' normalisers, shuffle and initialisation, and fidelity=paper keeps them (the
+    paper is silent there); the schema's defaults (and so a run folder written before these keys existed) keep the
+    library's earlier behaviour."""
+    released = ["values_and_targets", 5.0, "first_epoch", "once", True]
+    for fidelity in ("code", "paper"):
+        assert [OmegaConf.select(compose_cfg(f"fidelity={fidelity}"), k) for k in RELEASED_UPDATE] == released
+    defaults = OmegaConf.structured(SAPGConfig)
+    assert [OmegaConf.select(defaults, k) for k in RELEASED_UPDATE] == ["targets", None, "after_update", "every_epoch", False]
+
+
+def learn_one_iteration(cfg, record):
+    """Builds the run, collects and prepares one batch, then learns from it with ``record(runner, minibatch)`` called
+    before each minibatch's loss. Returns the runner, the batch and the observation norm's count before learning."""
+    runner = build_runner(cfg)
+    data = next(iter(runner.collector))
+    runner.collector.shutdown()
+    batch = runner.prepare(data)
+    batch["row"] = torch.arange(batch.shape[0])
+    forward = runner.update.loss.forward
+    runner.update.loss.forward = lambda td: record(runner, td) or forward(td)
+    count = runner.update.observation_norm.count.clone()
+    runner.update.learn(batch, data, 1)
+    return runner, batch, count
+
+
+def test_first_epoch_observation_norm_takes_in_each_minibatch_before_learning_from_it(tiny_cfg):
+    """rl_games' normaliser is in training mode during the first epoch: each minibatch updates the statistics and
+    is then normalised with them; the rows are the batch's, relabelled ones included; nothing after the update."""
+    counts = []
+    runner, batch, count = learn_one_iteration(
+        tiny_cfg("ppo.observation_norm_update=first_epoch", "ppo.epochs=2", "train.eval_interval=0"),
+        lambda runner, td: counts.append((float(runner.update.observation_norm.count), td.shape[0])),
+    )
+    per_epoch = len(counts) // 2
+    taken = float(count)
+    for i, (seen, rows) in enumerate(counts):
+        taken += rows if i < per_epoch else 0
+        assert seen == taken
+    assert float(runner.update.observation_norm.count) == float(count) + batch.shape[0]  # relabelled rows too
+
+
+def test_after_update_observation_norm_takes_in_the_rollout_once(tiny_cfg):
+    counts = []
+    runner, batch, count = learn_one_iteration(
+        tiny_cfg("ppo.observation_norm_update=after_update", "train.eval_interval=0"),
+        lambda runner, td: counts.append(float(runner.update.observation_norm.count)),
+    )
+    assert set(counts) == {float(count)}
+    assert float(runner.update.observation_norm.count) == float(count) + 12 * 4  # N x T rollout rows
+
+
+@pytest.mark.parametrize("shuffle, same", [("once", True), ("every_epoch", False)])
+def test_shuffle_once_keeps_the_minibatches_of_the_first_epoch(tiny_cfg, shuffle, same):
+    rows = []
+    learn_one_iteration(
+        tiny_cfg(f"ppo.shuffle={shuffle}", "ppo.epochs=3", "ppo.num_minibatches=3", "train.eval_interval=0"),
+        lambda runner, td: rows.append(td["row"].tolist()),
+    )
+    epochs = [rows[i : i + 3] for i in range(0, 9, 3)]
+    assert (epochs[0] == epochs[1] == epochs[2]) is same
+    assert all(sorted(sum(epoch, [])) == sorted(sum(epochs[0], [])) for epoch in epochs)  # every row once an epoch
+
+
+def test_value_norm_takes_in_values_then_targets(tiny_cfg):
+    for update, factor in [("targets", 1), ("values_and_targets", 2)]:
+        runner = build_runner(tiny_cfg(f"ppo.value_norm_update={update}", "train.eval_interval=0"))
+        data = next(iter(runner.collector))
+        runner.collector.shutdown()
+        batch = runner.prepare(data)
+        assert float(runner.update.value_norm.count) == factor * batch.shape[0]
+
+
+def test_clipped_value_norm_bounds_the_critic_and_the_targets(tiny_cfg):
+    runner = build_runner(tiny_cfg("ppo.value_norm_clip=0.5", "train.eval_interval=0"))
+    runner.collector.shutdown()
+    norm = runner.update.value_norm
+    norm.update(torch.tensor([[0.0], [2.0]]))  # mean 1, std 1
+    assert norm.normalize(torch.tensor([[-9.0], [1.2], [9.0]])).flatten().tolist() == pytest.approx([-0.5, 0.2, 0.5])
+    assert float(norm.denormalize(torch.tensor([[7.0]]))) == pytest.approx(1.5)
+    loss = runner.update.loss
+    assert loss.value_norm is norm and any(m.value_norm is norm for m in loss.critic_network.modules() if hasattr(m, "value_norm"))
+
+
+def test_zero_bias_zeroes_every_linear_bias_and_keeps_the_weights():
+    torch.manual_seed(0)
+    actor, critic = make_actor_critic(5, 2, num_blocks=3, hidden=(16, 8))
+    torch.manual_seed(0)
+    zeroed = make_actor_critic(5, 2, num_blocks=3, hidden=(16, 8), zero_bias=True)
+    for plain, zero in zip([*actor.modules(), *critic.modules()], [*zeroed[0].modules(), *zeroed[1].modules()]):
+        if isinstance(plain, nn.Linear):
+            assert torch.equal(plain.weight, zero.weight) and not zero.bias.any() and plain.bias.any()

@@ -21,6 +21,7 @@ from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.nn import ClippedValueNorm
 from sapg_torchrl.training.device import check_cudagraphs, device_of
 from sapg_torchrl.training.distributed import SINGLE, Ranks, split_envs
 from sapg_torchrl.training.evaluation import BackgroundEvaluator, InlineEvaluator
@@ -51,7 +52,10 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     policy's state tracking is added to it). A checkpoint's ``"loss"`` entry loads into ``Agent.loss``."""
     s, net, ppo = cfg.sapg, cfg.network, cfg.ppo
     observation_dim = env.observation_spec["observation"].shape[-1]
-    value_norm = RunningValueNorm().to(device) if ppo.value_norm else None
+    value_norm = None
+    if ppo.value_norm:
+        value_norm = RunningValueNorm() if ppo.value_norm_clip is None else ClippedValueNorm(clip=ppo.value_norm_clip)
+        value_norm.to(device)
     observation_norm = RunningValueNorm(shape=observation_dim).to(device) if ppo.observation_norm else None
     critic_keys = net.get("critic_observation_keys")
     critic_dim = critic_norm = None
@@ -78,6 +82,7 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
         max_log_std=net.max_log_std,
         lstm_size=net.lstm_size,
         lstm_layer_norm=net.lstm_layer_norm,
+        zero_bias=net.zero_bias,
         value_norm=value_norm,
         observation_norm=observation_norm,
         critic_observation_keys=critic_keys,

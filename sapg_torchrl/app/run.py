@@ -9,6 +9,7 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from sapg_torchrl.metrics.diversity import pairwise_block_kl, per_block_entropy
 from sapg_torchrl.training.checkpoint import load_checkpoint
 from sapg_torchrl.training.device import device_of
 from sapg_torchrl.training.distributed import Ranks, process_group
-from sapg_torchrl.training.runner import Runner
+from sapg_torchrl.training.runner import Hook, Runner
 from sapg_torchrl.training.sinks import CSVSink, WandbSink, aside
 from sapg_torchrl.training.state_reservoir import StateReservoir
 
@@ -31,7 +32,9 @@ __all__ = ["train"]
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: bool = False) -> dict[str, float]:
+def train(
+    cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: bool = False, hooks: Sequence[Hook] = ()
+) -> dict[str, float]:
     """One run in ``run_dir``: resolved config, ``metrics.csv``, wandb logs, checkpoints, ``result.json``.
 
     With ``train.record_states`` set, a reservoir of that many of the leader's visited states is kept
@@ -48,6 +51,9 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
     gets its last finite iteration's metrics with ``diverged: true``, ``diverged_at_iteration`` and the
     error, then the error is raised again. A run stopped by SIGTERM or SIGINT writes a checkpoint and raises
     :class:`~sapg_torchrl.errors.Preempted`.
+
+    ``hooks`` are more of the runner's per-iteration hooks (``hook(runner, rollout)``, see
+    :class:`~sapg_torchrl.training.Runner`), run by rank 0, e.g. ``benchmarks/fidelity/ours.py``'s per-episode log.
     """
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -59,10 +65,12 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str = "sapg", *, resume: b
         if start.result is not None:
             log.info("%s already finished: skipped", run_dir)
             return start.result
-        return _run(cfg, config, run_dir, name, start, ranks)
+        return _run(cfg, config, run_dir, name, start, ranks, hooks)
 
 
-def _run(cfg: DictConfig, config: dict, run_dir: Path, name: str, start: RunStart, ranks: Ranks) -> dict[str, float]:
+def _run(
+    cfg: DictConfig, config: dict, run_dir: Path, name: str, start: RunStart, ranks: Ranks, hooks: Sequence[Hook]
+) -> dict[str, float]:
     """Trains the run :func:`_start_run` prepared (new or resumed) and writes its ``result.json``."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -70,7 +78,8 @@ def _run(cfg: DictConfig, config: dict, run_dir: Path, name: str, start: RunStar
     reservoir = StateReservoir(cfg.train.record_states, seed=cfg.seed) if cfg.train.record_states else None
     runner = None
     try:
-        runner = build_runner(cfg, run_dir, sinks, hooks=[reservoir] if reservoir else [], ranks=ranks)
+        hooks = [*([reservoir] if reservoir else []), *(hooks if ranks.is_main else [])]
+        runner = build_runner(cfg, run_dir, sinks, hooks=hooks, ranks=ranks)
         if start.checkpoint is not None:
             runner.load_state_dict(start.checkpoint[1])
             if runner.iteration > runner.iterations:

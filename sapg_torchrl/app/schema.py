@@ -155,6 +155,7 @@ class NetworkSettings:
         COUNT,
     )
     lstm_layer_norm: bool = setting(False, "LayerNorm on the LSTM's output (the published AllegroKuka network)")
+    zero_bias: bool = setting(False, "every linear layer's bias starts at zero (code: rl_games' network builder)")
     critic_observation_keys: Optional[List[str]] = setting(
         None,
         "an asymmetric critic's inputs, concatenated in this order, e.g. ``[observation, privileged_state]`` "

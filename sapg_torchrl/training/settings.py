@@ -32,12 +32,22 @@ from sapg_torchrl.targets import CRITIC_TARGETS
 from sapg_torchrl.training.distributed import BACKENDS
 
 __all__ = [
-    "COUNT", "NATURAL", "NON_NEGATIVE", "POSITIVE", "PRECISIONS", "UNIT", "Either",
+    "COUNT", "NATURAL", "NON_NEGATIVE", "OBSERVATION_NORM_UPDATES", "POSITIVE", "PRECISIONS", "SHUFFLES", "UNIT",
+    "VALUE_NORM_UPDATES", "Either",
     "ListOf", "Matches", "Number", "OneOf", "PPOSettings", "TrainSettings", "accepted_text", "check", "field_type",
     "fields_of", "setting",
 ]  # fmt: skip
 
 PRECISIONS = ("float32", "bfloat16")
+OBSERVATION_NORM_UPDATES = ("after_update", "first_epoch")
+"""When the observation normaliser takes in an iteration's data: once after the update, from the rollout, or before
+each minibatch of the first epoch, from its rows (rl_games: its normaliser is in training mode then)."""
+VALUE_NORM_UPDATES = ("targets", "values_and_targets")
+"""What the value normaliser takes in each iteration: the value targets, or the batch's values and then its targets
+(rl_games' ``prepare_dataset``)."""
+SHUFFLES = ("every_epoch", "once")
+"""How an iteration's rows are shuffled into minibatches: anew every epoch (TorchRL, rsl_rl), or once, the same
+minibatches every epoch (the released code's ``shuffle_batch``)."""
 """``train.precision``: the update's forward passes in float32, or under bf16 autocast."""
 
 # -- what a field accepts ----------------------------------------------------------------------------------------
@@ -189,7 +199,32 @@ class PPOSettings:
     critic_coeff: float = setting(2.0, "weight of the squared-error critic loss (code: ``0.5 * 4``)", NON_NEGATIVE)
     clip_value: bool = setting(True, "clipped value loss")
     value_norm: bool = setting(True, "running value normalisation (the critic predicts normalised values)")
+    value_norm_update: str = setting(
+        "targets",
+        "what the value normaliser takes in each iteration: ``targets`` | ``values_and_targets`` (code: the batch's "
+        "values, then its targets, as rl_games' ``prepare_dataset``)",
+        OneOf(*VALUE_NORM_UPDATES),
+    )
+    value_norm_clip: Optional[float] = setting(
+        None,
+        "clip normalised values to ``+-value_norm_clip``: targets and stored values in the loss, and the critic's "
+        "output before it is denormalised (code: 5, rl_games' ``RunningMeanStd``); ``null``: no clip",
+        POSITIVE,
+    )
     observation_norm: bool = setting(True, "running observation normalisation inside the network (phi is not normalised)")
+    observation_norm_update: str = setting(
+        "after_update",
+        "when the observation normaliser takes in an iteration: ``after_update`` (once, the rollout's observations, "
+        "so that the behaviour log-probs stay exact during the epochs) | ``first_epoch`` (code: before each "
+        "minibatch of the first epoch, its rows, relabelled ones included, as rl_games' normaliser in training mode)",
+        OneOf(*OBSERVATION_NORM_UPDATES),
+    )
+    shuffle: str = setting(
+        "every_epoch",
+        "``every_epoch``: new minibatches every epoch | ``once`` (code: one shuffle per iteration, the same "
+        "minibatches every epoch, as the released code's ``shuffle_batch``)",
+        OneOf(*SHUFFLES),
+    )
     bounds_loss_coeff: float = setting(1.0e-4, "weight of the penalty on action means beyond ``+-1.1``", NON_NEGATIVE)
     max_grad_norm: Optional[float] = setting(1.0, "gradient-norm clip (``null``: none)", POSITIVE)
     critic_target: str = setting("gae", "``gae`` (code) | ``n_step`` (paper)", OneOf(*CRITIC_TARGETS))

@@ -223,16 +223,21 @@ class PPOUpdate:
                 ),
             )
         if self.value_norm is not None:
+            if ppo.value_norm_update == "values_and_targets":
+                update_running_norm(self.value_norm, batch.get(keys.value), self.ranks)
             update_running_norm(self.value_norm, batch.get(keys.value_target), self.ranks)
         return batch
 
     # ------------------------------------------------------------------------------------------ update
     def learn(self, batch: TensorDictBase, data: TensorDictBase, iteration: int) -> TensorDictBase:
-        """The epochs of updates on ``batch`` (:meth:`epochs`), then the observation statistics take in the rollout
-        ``data`` (after the update, so that the behaviour log-probs stay exact during it). Returns the mean loss
-        outputs; ``iteration`` names the iteration in the error of a run that diverges."""
+        """The epochs of updates on ``batch`` (:meth:`epochs`), then, with ``ppo.observation_norm_update:
+        after_update``, the observation statistics take in the rollout ``data`` (after the update, so that the
+        behaviour log-probs stay exact during it; ``first_epoch`` takes in the minibatches during the first epoch
+        instead). Returns the mean loss outputs; ``iteration`` names the iteration in the error of a run that
+        diverges."""
         losses = self.epochs(batch, iteration)
-        self.update_observation_norms(data)
+        if self.ppo.observation_norm_update == "after_update":
+            self.update_observation_norms(data)
         return losses
 
     @torch.no_grad()
@@ -253,17 +258,23 @@ class PPOUpdate:
     @set_recurrent_mode(True)
     def epochs(self, batch: TensorDictBase, iteration: int = 0) -> TensorDictBase:
         """``ppo.epochs`` passes of shuffled minibatches (of rows, or of sequences for a recurrent policy; see
-        :meth:`minibatch_sizes`); returns the mean of the loss outputs. Non-finite losses raise
-        :class:`FloatingPointError`."""
+        :meth:`minibatch_sizes`), shuffled anew every epoch or once (``ppo.shuffle``); returns the mean of the loss
+        outputs. With ``ppo.observation_norm_update: first_epoch`` the observation normalisers take in each
+        minibatch of the first epoch before it is learned from. Non-finite losses raise :class:`FloatingPointError`."""
         outputs = []
         units = batch.shape[0]
         sizes = self.minibatch_sizes(units, batch.numel() // units)
         keys = self.loss.tensor_keys
         track_reference = self.loss.kl_reference == "previous_epoch"
-        for _ in range(self.ppo.epochs):
+        normalise_first_epoch = self.ppo.observation_norm_update == "first_epoch"
+        perm = None
+        for epoch in range(self.ppo.epochs):
             epoch_out = []
-            perm = torch.randperm(units, device=self.device, generator=self.generator)
+            if perm is None or self.ppo.shuffle == "every_epoch":
+                perm = torch.randperm(units, device=self.device, generator=self.generator)
             for index in perm.split(sizes):
+                if normalise_first_epoch and epoch == 0:
+                    self.update_observation_norms(batch[index])
                 with self.autocast:
                     out = self.loss_forward(batch[index])
                 if track_reference:  # this epoch's policy on these rows (float32 under bf16): the next epoch's KL reference

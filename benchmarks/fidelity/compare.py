@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""The released code beside ours by one measure (issue 35): from each run's ``episodes.csv`` (``released.py``,
+``ours.py``), the mean return of the last 100 finished leader episodes (rl_games' ``game_rewards``) at fixed frames.
+
+    python benchmarks/fidelity/compare.py <root> --out docs/results/fidelity/hopper
+
+``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found there is read. Writes
+``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
+interval, rliable's, and the per-seed range) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from sapg_torchrl.metrics import iqm_with_ci
+
+RECENT = 100
+"""Episodes in the measure: rl_games' ``games_to_track`` in the released configs."""
+
+
+def recent_mean(frames: np.ndarray, returns: np.ndarray, at: float, recent: int = RECENT) -> float:
+    """Mean of the last ``recent`` returns of episodes that finished by ``at`` frames (NaN before the first).
+
+    Examples:
+        >>> recent_mean(np.array([10, 10, 20, 30]), np.array([1.0, 3.0, 5.0, 7.0]), 20, recent=2)
+        4.0
+    """
+    done = returns[frames <= at][-recent:]
+    return float(done.mean()) if done.size else float("nan")
+
+
+def load(root: Path) -> dict:
+    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` under ``root``."""
+    runs: dict = {}
+    for path in sorted(root.glob("*/*/seed*/episodes.csv")):
+        method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
+        with open(path) as f:
+            rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
+        if rows:
+            frames, returns = map(np.array, zip(*rows))
+            runs.setdefault(task, {}).setdefault(method, {})[seed] = (frames, returns)
+    if not runs:
+        raise SystemExit(f"error: no <method>/<task>/seed<k>/episodes.csv under {root}")
+    return runs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--points", type=float, nargs="+", default=[0.5e6, 1e6, 1.5e6, 2e6, 2.5e6, 3e6])
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = ["# The released code beside ours, one measure", "",
+             f"Mean return of the last {RECENT} finished leader episodes (rl_games' `game_rewards`) at each frame point; "
+             "IQM over seeds [95% stratified-bootstrap interval] (per-seed range). Made by `benchmarks/fidelity/compare.py`.", ""]  # fmt: skip
+    for task, methods in load(args.root).items():
+        last = min(max(f.max() for f, _ in seeds.values()) for seeds in methods.values())
+        points = [p for p in args.points if p <= last + 1]
+        lines += [f"## {task}", "", "| method | seeds | " + " | ".join(f"{p / 1e6:g}M" for p in points) + " |",
+                  "|---|---|" + "---|" * len(points)]  # fmt: skip
+        fig, ax = plt.subplots(figsize=(7, 4))
+        grid = np.linspace(last / 50, last, 50)
+        for method, seeds in sorted(methods.items()):
+            cells = []
+            for p in points:
+                scores = np.array([recent_mean(f, r, p) for f, r in seeds.values()])
+                if not np.isfinite(scores).all():  # a seed without a finished episode yet
+                    cells.append("–")
+                    continue
+                iqm, low, high = iqm_with_ci({method: scores})[method]
+                cells.append(f"{iqm:.0f} [{low:.0f}, {high:.0f}] ({scores.min():.0f}-{scores.max():.0f})")
+            lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+            curves = np.array([[recent_mean(f, r, g) for g in grid] for f, r in seeds.values()])
+            sort = np.sort(curves, axis=0)
+            cut = len(seeds) // 4
+            ax.plot(grid, sort[cut: len(seeds) - cut].mean(0), label=f"{method} ({len(seeds)} seeds)")
+            ax.fill_between(grid, sort[0], sort[-1], alpha=0.2)
+        ax.set(xlabel="frames", ylabel=f"leader return (last {RECENT} episodes)", title=task)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.out / f"{task}.png", dpi=110)
+        plt.close(fig)
+        lines.append("")
+    (args.out / "report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""benchmarks/fidelity/: ours logs its leader's episodes as the released code's run does, compare.py reads both by
+one measure, and prepare() edits a copy of the released code only where it expects to (issue 35)."""
+
+import csv
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+FIDELITY = REPO / "benchmarks" / "fidelity"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"fidelity_{name}", FIDELITY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ours_logs_every_finished_leader_episode(tmp_path):
+    out = tmp_path / "sapg" / "hopper" / "seed0"
+    done = subprocess.run(
+        [sys.executable, str(FIDELITY / "ours.py"), "--frames", "600", "--threads", "1", "--out", str(out),
+         "env.num_envs=12", "network.hidden=[16]", "device=cpu"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "episodes.csv")))
+    metrics = list(csv.DictReader(open(out / "metrics.csv")))
+    assert rows and {float(r["frames"]) for r in rows} <= {float(m["frames"]) for m in metrics}
+    # the leader's episodes only (2 of the 12 envs): as many as the metrics count (cumulative)
+    assert len(rows) == float(metrics[-1]["episodes/leader"])
+    assert (out / "config.yaml").read_text().count("value_norm_update: values_and_targets") == 1
+
+
+def test_ours_never_writes_into_an_existing_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="exists"):
+        _script("ours").main(["--out", str(tmp_path)])
+
+
+def write_run(root, method, seed, rows):
+    path = root / method / "hopper" / f"seed{seed}"
+    path.mkdir(parents=True)
+    with open(path / "episodes.csv", "w") as f:
+        f.write("frames,return,wall_s\n" + "".join(f"{frames},{ret},0\n" for frames, ret in rows))
+
+
+def test_compare_reads_both_sides_by_one_measure(tmp_path):
+    for seed in range(3):
+        write_run(tmp_path, "released", seed, [(100, 1.0), (200, 3.0 + seed)])
+        write_run(tmp_path, "sapg", seed, [(100, 2.0), (200, 2.0)])
+    _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report"), "--points", "50", "100", "200"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| released | 3 | – | 1 [1, 1] (1-1) | 2 [2, 3] (2-3) |" in report  # 200: (1 + 3 + seed) / 2
+    assert "| sapg | 3 | – | 2 [2, 2] (2-2) | 2 [2, 2] (2-2) |" in report
+    assert (tmp_path / "report" / "hopper.png").stat().st_size > 0
+
+
+def test_compare_without_runs_says_what_it_expects(tmp_path):
+    with pytest.raises(SystemExit, match="no <method>/<task>/seed<k>/episodes.csv"):
+        _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report")])
+
+
+def test_prepare_edits_the_expected_lines_and_refuses_other_code(tmp_path):
+    released = _script("released")
+    source = tmp_path / "sapg"
+    for name, edits in released.EDITS.items():  # a stand-in holding exactly the lines the edits expect
+        path = source / "rl_games" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# head\n" + "".join(old for old, _ in edits) + "# tail\n")
+    target = released.prepare(source, tmp_path / "out")
+    for name, edits in released.EDITS.items():
+        assert (target / name).read_text() == "# head\n" + "".join(new for _, new in edits) + "# tail\n"
+    (source / "rl_games" / "rl_games" / "envs" / "envpool.py").write_text("something else\n")
+    with pytest.raises(SystemExit, match="does not hold the expected line"):
+        released.prepare(source, tmp_path / "again")
+    with pytest.raises(SystemExit, match="exists"):
+        released.prepare(source, tmp_path / "out")
+
+
+def test_released_run_refuses_an_unprepared_folder(tmp_path):
+    with pytest.raises(SystemExit, match="is not a prepared rl_games/ folder"):
+        _script("released").main(["run", "--code", str(tmp_path), "--out", str(tmp_path / "o")])
