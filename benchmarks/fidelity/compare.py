@@ -2,9 +2,10 @@
 """The released code beside ours by one measure (issue 35): from each run's ``episodes.csv`` (``released.py``,
 ``ours.py``), the mean return of the last 100 finished leader episodes (rl_games' ``game_rewards``) at fixed frames.
 
-    python benchmarks/fidelity/compare.py <root> --out docs/results/fidelity/hopper
+    python benchmarks/fidelity/compare.py <root> [<root> ...] --out docs/results/fidelity
 
-``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found there is read. Writes
+``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found under the roots is read (the frame
+points are cut at the shortest method's last frame). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
 interval, rliable's, and the per-seed range) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
 """
@@ -34,10 +35,10 @@ def recent_mean(frames: np.ndarray, returns: np.ndarray, at: float, recent: int 
     return float(done.mean()) if done.size else float("nan")
 
 
-def load(root: Path) -> dict:
-    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` under ``root``."""
+def load(roots: list[Path]) -> dict:
+    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` under the ``roots``."""
     runs: dict = {}
-    for path in sorted(root.glob("*/*/seed*/episodes.csv")):
+    for path in sorted(p for root in roots for p in root.glob("*/*/seed*/episodes.csv")):
         method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
         with open(path) as f:
             rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
@@ -45,13 +46,13 @@ def load(root: Path) -> dict:
             frames, returns = map(np.array, zip(*rows))
             runs.setdefault(task, {}).setdefault(method, {})[seed] = (frames, returns)
     if not runs:
-        raise SystemExit(f"error: no <method>/<task>/seed<k>/episodes.csv under {root}")
+        raise SystemExit(f"error: no <method>/<task>/seed<k>/episodes.csv under {', '.join(map(str, roots))}")
     return runs
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path)
+    parser.add_argument("roots", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--points", type=float, nargs="+", default=[0.5e6, 1e6, 1.5e6, 2e6, 2.5e6, 3e6])
     args = parser.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
     lines = ["# The released code beside ours, one measure", "",
              f"Mean return of the last {RECENT} finished leader episodes (rl_games' `game_rewards`) at each frame point; "
              "IQM over seeds [95% stratified-bootstrap interval] (per-seed range). Made by `benchmarks/fidelity/compare.py`.", ""]  # fmt: skip
-    for task, methods in load(args.root).items():
+    for task, methods in load(args.roots).items():
         last = min(max(f.max() for f, _ in seeds.values()) for seeds in methods.values())
         points = [p for p in args.points if p <= last + 1]
         lines += [f"## {task}", "", "| method | seeds | " + " | ".join(f"{p / 1e6:g}M" for p in points) + " |",
