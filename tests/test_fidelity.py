@@ -40,6 +40,14 @@ def test_ours_never_writes_into_an_existing_folder(tmp_path, capsys):
         _script("ours").main(["--out", str(tmp_path)])
 
 
+def test_ours_refuses_a_bad_value_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script("ours").main(["--ablation", "nope", "--out", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unknown ablation 'nope'; accepted: " in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def write_run(root, method, seed, rows):
     path = root / method / "hopper" / f"seed{seed}"
     path.mkdir(parents=True)
@@ -51,10 +59,12 @@ def test_compare_reads_both_sides_by_one_measure(tmp_path):
     for seed in range(3):
         write_run(tmp_path, "released", seed, [(100, 1.0), (200, 3.0 + seed)])
         write_run(tmp_path, "sapg", seed, [(100, 2.0), (200, 2.0)])
+        write_run(tmp_path, "shorter", seed, [(100, 5.0)])
     _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report"), "--points", "50", "100", "200"])
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| released | 3 | – | 1 [1, 1] (1-1) | 2 [2, 3] (2-3) |" in report  # 200: (1 + 3 + seed) / 2
     assert "| sapg | 3 | – | 2 [2, 2] (2-2) | 2 [2, 2] (2-2) |" in report
+    assert "| shorter | 3 | – | 5 [5, 5] (5-5) | – |" in report  # no cell beyond its runs' end
     assert (tmp_path / "report" / "hopper.png").stat().st_size > 0
 
 

@@ -4,8 +4,8 @@
 
     python benchmarks/fidelity/compare.py <root> [<root> ...] --out docs/results/fidelity
 
-``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found under the roots is read (the frame
-points are cut at the shortest method's last frame). Writes
+``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found under the roots is read (a method's
+cells stop at its shortest run's last frame). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
 interval, rliable's, and the per-seed range) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
 """
@@ -66,8 +66,9 @@ def main(argv=None) -> None:
              f"Mean return of the last {RECENT} finished leader episodes (rl_games' `game_rewards`) at each frame point; "
              "IQM over seeds [95% stratified-bootstrap interval] (per-seed range). Made by `benchmarks/fidelity/compare.py`.", ""]  # fmt: skip
     for task, methods in load(args.roots).items():
-        last = min(max(f.max() for f, _ in seeds.values()) for seeds in methods.values())
-        points = [p for p in args.points if p <= last + 1]
+        ends = {method: min(f.max() for f, _ in seeds.values()) for method, seeds in methods.items()}
+        last = max(ends.values())
+        points = [p for p in args.points if p <= last]
         lines += [f"## {task}", "", "| method | seeds | " + " | ".join(f"{p / 1e6:g}M" for p in points) + " |",
                   "|---|---|" + "---|" * len(points)]  # fmt: skip
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -76,17 +77,18 @@ def main(argv=None) -> None:
             cells = []
             for p in points:
                 scores = np.array([recent_mean(f, r, p) for f, r in seeds.values()])
-                if not np.isfinite(scores).all():  # a seed without a finished episode yet
+                if p > ends[method] or not np.isfinite(scores).all():  # beyond a run's end, or before an episode
                     cells.append("–")
                     continue
                 iqm, low, high = iqm_with_ci({method: scores})[method]
                 cells.append(f"{iqm:.0f} [{low:.0f}, {high:.0f}] ({scores.min():.0f}-{scores.max():.0f})")
             lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
-            curves = np.array([[recent_mean(f, r, g) for g in grid] for f, r in seeds.values()])
+            own = grid[grid <= ends[method]]
+            curves = np.array([[recent_mean(f, r, g) for g in own] for f, r in seeds.values()])
             sort = np.sort(curves, axis=0)
             cut = len(seeds) // 4
-            ax.plot(grid, sort[cut: len(seeds) - cut].mean(0), label=f"{method} ({len(seeds)} seeds)")
-            ax.fill_between(grid, sort[0], sort[-1], alpha=0.2)
+            ax.plot(own, sort[cut: len(seeds) - cut].mean(0), label=f"{method} ({len(seeds)} seeds)")
+            ax.fill_between(own, sort[0], sort[-1], alpha=0.2)
         ax.set(xlabel="frames", ylabel=f"leader return (last {RECENT} episodes)", title=task)
         ax.legend()
         fig.tight_layout()

@@ -25,6 +25,7 @@ from hydra import compose, initialize_config_dir
 
 from sapg_torchrl.app.run import train
 from sapg_torchrl.cli import CONFIG_DIR
+from sapg_torchrl.cli.checks import check_command_line
 
 STUDY_SETTINGS = [
     "sapg.entropy_scale=0.05", "network.max_log_std=null", "ppo.num_minibatches=4", "ppo.kl_rows=all",
@@ -64,11 +65,13 @@ def main(argv=None) -> None:
     args, overrides = parser.parse_known_args(argv)
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists: remove it or choose another --out")
+    overrides = [
+        f"env={args.env}", f"ablation={args.ablation}", f"seed={args.seed}", f"total_frames={args.frames}",
+        f"train.threads={args.threads}", *STUDY_SETTINGS, *overrides,
+    ]  # fmt: skip
+    check_command_line(overrides, "sapg")  # a bad value: one line naming it and what is accepted
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="sapg", overrides=[
-            f"env={args.env}", f"ablation={args.ablation}", f"seed={args.seed}", f"total_frames={args.frames}",
-            f"train.threads={args.threads}", *STUDY_SETTINGS, *overrides,
-        ])  # fmt: skip
+        cfg = compose(config_name="sapg", overrides=overrides)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True)
     train(cfg, args.out, hooks=[EpisodeLog(args.out / "episodes.csv")])

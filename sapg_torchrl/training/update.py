@@ -3,11 +3,13 @@ parameters.
 
 :meth:`PPOUpdate.make_batch`: GAE per env under its own block's critic (or the paper's n-step target), the
 relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`, the advantages standardised once, the value
-normaliser updated on the targets. :meth:`PPOUpdate.learn`: ``epochs`` passes of shuffled minibatches through
+normaliser updated on the targets (or the values, then the targets: ``ppo.value_norm_update``). :meth:`PPOUpdate.learn`:
+``epochs`` passes of shuffled minibatches (shuffled anew every epoch, or once: ``ppo.shuffle``) through
 :class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
 (:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL; with the loss's
-``kl_reference="previous_epoch"`` the KL is to the policy of the previous epoch, as in rl_games), then the
-observation normaliser takes in the rollout. An epoch is ``floor(rows / minibatch_size)`` minibatches, the remainder
+``kl_reference="previous_epoch"`` the KL is to the policy of the previous epoch, as in rl_games); the observation
+normaliser takes in the rollout after the update, or each minibatch of the first epoch before it is learned from, as
+rl_games does (``ppo.observation_norm_update``). An epoch is ``floor(rows / minibatch_size)`` minibatches, the remainder
 merged into the last (rl_games' partition), or a fixed ``num_minibatches`` (rsl_rl's and CleanRL's convention), so
 that variants with more rows per iteration take no more optimizer steps. A recurrent policy (a TorchRL
 ``LSTMModule`` inside) trains on minibatches of whole ``T``-step env sequences instead of shuffled rows, recomputed
@@ -83,9 +85,10 @@ class PPOUpdate:
     Keyword Args:
         advantage_norm (str): ``"global"`` (code: once over the augmented batch), ``"per_block"`` or ``"none"``.
         aggregator (Aggregator, optional): the relabelled rows; ``None`` for none.
-        value_norm (ValueNorm, optional): updated once per iteration with the batch's value targets.
+        value_norm (ValueNorm, optional): updated once per iteration with the batch's value targets (first with its
+            values under ``ppo.value_norm_update: values_and_targets``).
         observation_norm (ValueNorm, optional): updated once per iteration, after the update, with the rollout's
-            observations.
+            observations, or before each minibatch of the first epoch with its rows (``ppo.observation_norm_update``).
         critic_observation_norm (ValueNorm, optional): an asymmetric critic's, updated alike with its inputs
             (``critic_observation_keys``, concatenated).
         critic_observation_keys (list, optional): an asymmetric critic's observation entries; ``None``: the policy's.
