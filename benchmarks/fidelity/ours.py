@@ -4,7 +4,7 @@ episode of the leader as it does (issue 35).
 
     python benchmarks/fidelity/ours.py --ablation sapg --seed 0 --out fidelity/sapg/hopper/seed0
     python benchmarks/fidelity/ours.py --ablation no_split --seed 0 --out fidelity/no_split/hopper/seed0 \
-        ppo.value_norm=false                      # any further argument is a Hydra override of the run
+        ppo.shuffle=every_epoch                   # any further argument is a Hydra override of the run
 
 The run is ``recipes/sapg.py env=<preset> ablation=<ablation>`` with the settings of the first Hopper study (the
 released code's: followers' entropy scale 0.05, no log-std cap, 4 minibatches, the KL over all rows) and no

@@ -9,8 +9,8 @@ finished episode of the leader (issue 35): the other side of :mod:`ours` (beside
 ``prepare`` copies ``rl_games/`` out of a copy of ``jayeshs999/sapg`` (at ``e96efae``; a checkout, or a bare git
 directory such as the search tool's mirror, read with ``git show``) and edits it only so that it runs envpool on a
 CPU with gym >= 0.26 (:data:`EDITS`); the released code itself never enters this repository. ``run`` trains it, or
-the pip-installed rl_games 1.6.5 PPO (``--code stock``, ``pip install -e ".[bench]"``; the released code needs
-``gym`` and ``omegaconf`` too, which rl_games brings), on an envpool task with our study's settings (:func:`params`),
+the pip-installed rl_games 1.6.5 PPO (``--code stock``; ``pip install -e ".[bench]"`` brings rl_games and the
+``gym`` the released code imports), on an envpool task with our study's settings (:func:`params`),
 and writes ``<out>/episodes.csv``: one row per finished episode of the leader block (SAPG) or of any env (PPO), with
 the frames collected at the end of its iteration, as ``ours.py`` writes ours. ``compare.py`` reads both.
 """
