@@ -1,7 +1,8 @@
 """A restructuring changes no number: the same seed gives the same ``metrics.csv``, cell for cell.
 
 Runs four short fixed-seed runs with the recipe of a checkout (``sapg``, ``disjoint``, an LSTM policy, ``sapg`` on
-2 processes under torchrun, and ``sapg`` on Hopper with 192 envs, whose episodes end within the run), then compares two such sets cell for cell, timing columns (``time_s``, ``fps``) aside::
+2 processes under torchrun, and ``sapg`` on Hopper with 192 envs, whose episodes end within the run), then compares two such sets cell for cell, timing columns (``time_s``, ``fps``) aside (columns only the second set
+has, new diagnostics, are listed, not compared)::
 
     python benchmarks/same_seed_check.py run  --checkout /path/to/old/clone --out /tmp/before
     python benchmarks/same_seed_check.py run  --out /tmp/after                 # this checkout
@@ -58,17 +59,20 @@ def compare(a: Path, b: Path, cases: list[str]) -> int:
     differences = 0
     for case in cases:
         (ha, ra), (hb, rb) = rows(a / case / "metrics.csv"), rows(b / case / "metrics.csv")
-        if ha != hb:
-            print(f"{case}: the columns differ: {sorted(set(ha) ^ set(hb))}")
+        removed, added = [n for n in ha if n not in hb], [n for n in hb if n not in ha]
+        if removed:
+            print(f"{case}: columns of the first set missing from the second: {removed}")
             differences += 1
             continue
-        kept = [i for i, name in enumerate(ha) if name not in TIMING]
-        cells = [(i, ha[j], x[j], y[j]) for i, (x, y) in enumerate(zip(ra, rb)) for j in kept if x[j] != y[j]]
+        # every column of the first set, compared; columns only the second set has (new diagnostics) are listed
+        kept = [(i, hb.index(name)) for i, name in enumerate(ha) if name not in TIMING]
+        cells = [(r, ha[i], x[i], y[j]) for r, (x, y) in enumerate(zip(ra, rb)) for i, j in kept if x[i] != y[j]]
+        new = f"; columns added in the second: {added}" if added else ""
         if len(ra) != len(rb) or cells:
             differences += 1
-            print(f"{case}: {len(ra)} vs {len(rb)} rows, {len(cells)} cells differ, e.g. {cells[:3]}")
+            print(f"{case}: {len(ra)} vs {len(rb)} rows, {len(cells)} cells differ, e.g. {cells[:3]}{new}")
         else:
-            print(f"{case}: {len(ra)} rows x {len(kept)} columns ({len(ha) - len(kept)} timing columns aside): identical")
+            print(f"{case}: {len(ra)} rows x {len(kept)} columns ({len(ha) - len(kept)} timing columns aside): identical{new}")
     return 1 if differences else 0
 
 

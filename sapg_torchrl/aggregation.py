@@ -24,6 +24,7 @@ from torchrl.objectives.value import TD0Estimator
 
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
+from sapg_torchrl.nn import block_id_key
 from sapg_torchrl.targets import rollout_state_values
 
 __all__ = ["AGGREGATIONS", "Aggregator"]
@@ -49,7 +50,11 @@ class Aggregator:
         actor (ProbabilisticTensorDictSequential, optional): the policy; needed when
             ``importance_correction=False`` or ``clip_mode="paper"``.
         log_prob_key (NestedKey): behaviour log-prob key. Defaults to ``"action_log_prob"``.
+        relabelled_key (NestedKey): where the rows are flagged relabelled. Defaults to ``"relabelled"``.
         generator (torch.Generator, optional): source of the per-iteration draws (CPU).
+
+    The block id is written under the key the critic reads (:func:`~sapg_torchrl.nn.block_id_key`, else
+    ``"block_id"``). The rollout must be ``[N, T]`` for the layout's ``N`` envs.
 
     Examples:
         >>> import torch
@@ -82,6 +87,7 @@ class Aggregator:
         clip_mode: str = "code",
         actor=None,
         log_prob_key="action_log_prob",
+        relabelled_key="relabelled",
         generator: torch.Generator | None = None,
     ):
         if mode not in AGGREGATIONS:
@@ -105,7 +111,8 @@ class Aggregator:
         self.importance_correction = importance_correction
         self.clip_mode = clip_mode
         self.actor = actor if needs_actor else None
-        self.log_prob_key = log_prob_key
+        self.log_prob_key, self.relabelled_key = log_prob_key, relabelled_key
+        self.block_id_key = block_id_key(critic) or "block_id"
         self.generator = generator
         self.critic = critic
         self.td0 = TD0Estimator(gamma=gamma, value_network=None)
@@ -141,19 +148,20 @@ class Aggregator:
         """
         if self.mode == "none":
             return None
-        source, target = self.draw()
         M, B = self.layout.num_blocks, self.layout.block_size
+        self.layout.check_rollout(data.shape)
+        source, target = self.draw()
         T = data.shape[-1]
         source, target = (_to_device(index, data.device) for index in (source, target))
         rows = data.reshape(M, B, T)[source].reshape(-1, T)
         ids = target.repeat_interleave(B)[:, None].expand(-1, T)
-        rows.set("block_id", ids)
-        rows.set(("next", "block_id"), ids)
+        rows.set(self.block_id_key, ids)
+        rows.set(("next", self.block_id_key), ids)
         # V_target(s_t) (also the "old value" of the clipped value loss) and V_target(s_{t+1}); a recurrent
         # critic starts from the stored hidden states, which do not depend on the block (see make_actor_critic)
         rollout_state_values(self.critic, rows)
         self.td0(rows)
-        rows.set("relabelled", torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
+        rows.set(self.relabelled_key, torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
         if self.actor is not None:
             with set_recurrent_mode(True):
                 dist = self.actor.get_dist(rows.select(*self.actor.in_keys, strict=False))

@@ -83,6 +83,14 @@ class BlockLayout:
         """Indices of the non-leader blocks, in increasing order."""
         return tuple(b for b in range(self.num_blocks) if b != self.leader)
 
+    def check_rollout(self, shape: torch.Size) -> None:
+        """Raises :class:`~sapg_torchrl.ConfigError` unless ``shape`` is a rollout's ``[N, T]`` for these envs."""
+        if len(shape) != 2 or shape[0] != self.num_envs:
+            raise ConfigError(
+                f"the rollout has shape {list(shape)}: expected [N, T] = [{self.num_envs}, T], env-major (a "
+                "collector's batch of this layout's envs)"
+            )
+
     def block_ids(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Integer block id of every env, shape ``[num_envs]``, dtype ``torch.long``."""
         return torch.arange(self.num_blocks, device=device).repeat_interleave(self.block_size)

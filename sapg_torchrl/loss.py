@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import CompositeDistribution, dispatch
+from tensordict import is_tensor_collection
 from tensordict.utils import NestedKey
 from torch import distributions as d
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.utils import _sum_td_features
 
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.nn import ReuseIfPresent
+from sapg_torchrl.nn import ReuseIfPresent, block_id_key, num_blocks_of
 
 __all__ = ["SAPGLoss", "CLIP_MODES", "KL_REFERENCES", "KL_ROWS", "LR_BOUNDS", "LR_FACTOR"]
 
@@ -47,20 +49,21 @@ def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class SAPGLoss(ClipPPOLoss):
     """The SAPG objective: clipped PPO over every block's rows, plus the rows relabelled to other blocks.
 
-    Each row carries the ``block_id`` of the policy it trains (for a relabelled row: the block it was
-    copied *to*, e.g. the leader) and a ``relabelled`` flag. The loss is :class:`~torchrl.objectives.ClipPPOLoss`
-    with what SAPG adds:
+    Each row carries the ``block_id`` of the policy it trains (for a relabelled row: the block it was copied *to*,
+    e.g. the leader) and a ``relabelled`` flag. The loss is :class:`~torchrl.objectives.ClipPPOLoss`, with its
+    keyword arguments and defaults (``entropy_coeff=0.01``, ``critic_coeff=1.0``, ``loss_critic_type="smooth_l1"``,
+    ``clip_value=None``, ``entropy_bonus=True``, ...), plus what SAPG adds:
 
-    - **per-block entropy bonus**: the entropy of each row is weighed by ``entropy_coeff[block_id]``;
+    - **per-block entropy bonus**: with a sequence ``entropy_coeff`` the entropy of each row is weighed by
+      ``entropy_coeff[block_id]``;
     - **clipping of relabelled rows**: ``clip_mode="code"`` (released code) clips every row's ratio
       ``pi_theta(a|s, b) / pi_behaviour(a|s)`` to ``[1 - eps, 1 + eps]``; ``clip_mode="paper"`` clips a
       relabelled row to ``[mu (1 - eps), mu (1 + eps)]`` with ``mu = pi_old(a|s, leader) / pi_behaviour``,
       read from the ``log_clip_center`` key (``log mu``, computed once per iteration without gradient);
     - **off-policy weight** ``lambda``: every loss term of a relabelled row is multiplied by
       ``off_policy_weight`` before the mean over rows (``1``, the code's pooled mean, by default);
-    - optional **ratio cap** (``max_importance_ratio``, ClipPPOLoss's own: caps
-      ``pi_theta / pi_behaviour`` while keeping a rescaled gradient), since relabelled ratios have no
-      upper bound otherwise;
+    - optional **ratio cap** (``max_importance_ratio``, ClipPPOLoss's own: caps ``pi_theta / pi_behaviour`` while
+      keeping a rescaled gradient), since relabelled ratios have no upper bound otherwise;
     - optional **bounds loss** on the action mean: ``bounds_loss_coeff * sum(relu(|mu| - action_bound)^2)``;
     - a trunk shared by the actor and the critic (:class:`~sapg_torchrl.nn.ReuseIfPresent`, as built by
       :func:`~sapg_torchrl.make_actor_critic`) is evaluated once per minibatch, not once per head;
@@ -77,19 +80,53 @@ class SAPGLoss(ClipPPOLoss):
       denormalises its output with the same object; this loss does not update the statistics: call
       ``value_norm.update(value_targets)`` once per iteration).
 
-    With one block, no relabelled rows and matching settings, it is exactly ``ClipPPOLoss``.
+    With one block and no relabelled rows it is ``ClipPPOLoss``: the same losses and gradients (TorchRL's own
+    ``ClipPPOLoss`` tests, run against it, are recorded in the API page).
+
+    **Inputs** (the default key names; ``B`` the batch shape, ``A`` the action width):
+
+    ===================== ============ =========== ==========================================================
+    key                   shape        dtype       read
+    ===================== ============ =========== ==========================================================
+    the networks' inputs  ``[*B, ..]``             always (``observation``, ``block_id``, ...)
+    ``action``            ``[*B, A]``  float       always
+    ``action_log_prob``   ``[*B]``     float       always: the behaviour policy's log-prob
+    ``advantage``         ``[*B, 1]``  float       always (computed by the value estimator if absent)
+    ``value_target``      ``[*B, 1]``  float       with a critic
+    ``state_value``       ``[*B, 1]``  float       with ``clip_value``: the values at collection
+    ``block_id``          ``[*B]``     integer     when the networks read it, or with per-block coefficients:
+                                                   in ``[0, num_blocks)``
+    ``relabelled``        ``[*B]``     bool        if present (absent: no relabelled row); required if renamed
+    ``log_clip_center``   ``[*B]``     float       with ``clip_mode="paper"``
+    ``loc``, ``scale``    ``[*B, A]``  float       with ``kl_reference="previous_epoch"``
+    ===================== ============ =========== ==========================================================
+
+    Every input is checked once, on entry: a missing key, a missing trailing dim, a float or out-of-range
+    ``block_id`` raise one :class:`ValueError` (:class:`~sapg_torchrl.ConfigError`) or :class:`KeyError` naming
+    the key, what it got and what it expects. Shapes and dtypes are checked always; the range of ``block_id``
+    where it is on the host (on an accelerator that would cost a device-to-host sync per call).
+
+    **Outputs**: ``ClipPPOLoss``'s keys (``loss_objective``, ``loss_critic``, ``loss_entropy`` without
+    ``entropy_bonus=False``, ``entropy``, ``clip_fraction``, ``kl_approx``, ``value_clip_fraction``,
+    ``explained_variance``, ``ESS``, ``max_ratio``, ``mean_ratio``, as ClipPPOLoss computes them but ``kl_approx``,
+    see above), plus SAPG's: ``loss_bounds`` (the bounds loss, with ``bounds_loss_coeff > 0``),
+    ``entropy_per_block`` (``[num_blocks]``, when the blocks are known), ``clip_fraction_on_policy`` /
+    ``clip_fraction_off_policy`` (on-policy / relabelled rows), ``is_ratio_mean`` / ``is_ratio_max`` (the
+    behaviour ratio of relabelled rows), ``off_policy_in_clip_fraction`` (relabelled rows inside the clip range),
+    and with ``kl_reference="previous_epoch"`` the current ``loc`` and ``scale``. Statistics of an empty set of
+    rows are NaN. The total loss is the sum of the ``loss_*`` entries.
 
     Args:
-        actor_network (ProbabilisticTensorDictSequential): the policy; reads ``block_id``.
-        critic_network (TensorDictModule): the value function; reads ``block_id``.
+        actor_network (ProbabilisticTensorDictSequential): the policy.
+        critic_network (TensorDictModule, optional): the value function.
 
     Keyword Args:
-        entropy_coeff (float or sequence of float or Tensor): entropy coefficient of every block (see
-            :func:`~sapg_torchrl.block_entropy_coefficients`); a float is used for all blocks.
-            Defaults to ``0.0``.
-        num_blocks (int, optional): number of blocks. Defaults to ``len(entropy_coeff)``. With a float
-            ``entropy_coeff`` and no ``num_blocks`` the coefficient applies to every row and
-            ``entropy_per_block`` is not reported.
+        entropy_coeff (float, sequence of float, Tensor or mapping, optional): a float (or ``ClipPPOLoss``'s
+            mapping for composite actions) weighs every row; a sequence (see
+            :func:`~sapg_torchrl.block_entropy_coefficients`) is one coefficient per block. Defaults to
+            ``ClipPPOLoss``'s (``0.01``).
+        num_blocks (int, optional): number of blocks, for ``entropy_per_block`` and the checks of ``block_id``.
+            Defaults to the actor's (its :class:`~sapg_torchrl.nn.BlockLogStd`), else ``len(entropy_coeff)``.
         clip_epsilon (float): PPO clip range. Defaults to ``0.2``.
         clip_mode (str): ``"code"`` (default) or ``"paper"``, see above.
         off_policy_weight (float): ``lambda`` for relabelled rows. Defaults to ``1.0``.
@@ -103,11 +140,10 @@ class SAPGLoss(ClipPPOLoss):
         bounds_loss_coeff (float): coefficient of the bounds loss (``1e-4`` in the code). Defaults to ``0.0``.
         action_bound (float): where the bounds loss starts. Defaults to ``1.1``.
         value_norm (ValueNorm, optional): value normaliser shared with the critic.
-        critic_coeff (float): critic weight; the code's ``0.5 * critic_coef`` with ``critic_coef=4``,
-            i.e. ``2.0`` (default) on a squared error.
-        loss_critic_type (str): ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
-        clip_value (bool or float): clipped value loss; ``True`` (default) clips at ``clip_epsilon``.
-        **kwargs: passed to :class:`~torchrl.objectives.ClipPPOLoss`.
+        **kwargs: :class:`~torchrl.objectives.ClipPPOLoss`'s (``critic_coeff``, ``loss_critic_type``,
+            ``clip_value``, ``entropy_bonus``, ``normalize_advantage``, ``reduction``, ...), with its defaults. The
+            released code's critic is ``critic_coeff=2.0`` (``0.5 * critic_coef`` with ``critic_coef=4``),
+            ``loss_critic_type="l2"``, ``clip_value=True``: the recipes pass them.
 
     Examples:
         >>> import torch
@@ -122,10 +158,15 @@ class SAPGLoss(ClipPPOLoss):
         >>> data["value_target"] = torch.randn(8, 1)
         >>> data["relabelled"] = torch.tensor([False] * 6 + [True] * 2)
         >>> out = loss(data)
-        >>> total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"] + out["loss_bounds"]
+        >>> total = sum(value for key, value in out.items() if key.startswith("loss_"))  # objective, critic, entropy, bounds
         >>> total.backward()
         >>> out["entropy_per_block"].shape
         torch.Size([2])
+        >>> data["advantage"] = torch.randn(8)  # no trailing dim
+        >>> loss(data)
+        Traceback (most recent call last):
+          ...
+        sapg_torchrl.errors.ConfigError: advantage has shape [8]: expected [8, 1] (batch shape + a trailing dim of 1, e.g. advantage.unsqueeze(-1)); without it the PPO objective would be an outer product over rows
     """
 
     @dataclass
@@ -135,8 +176,10 @@ class SAPGLoss(ClipPPOLoss):
         On top of :class:`~torchrl.objectives.ClipPPOLoss`'s keys:
 
         Attributes:
-            block_id (NestedKey): integer block of each row. Defaults to ``"block_id"``.
-            relabelled (NestedKey): bool flag of relabelled rows; missing means none. Defaults to
+            block_id (NestedKey): integer block of each row. Defaults to the key the networks read
+                (:func:`~sapg_torchrl.nn.block_id_key`: ``make_actor_critic``'s ``block_id_key``), else
+                ``"block_id"``. It is named where the networks are built; :meth:`set_keys` refuses another.
+            relabelled (NestedKey): bool flag of relabelled rows; missing means none (unless renamed). Defaults to
                 ``"relabelled"``.
             log_clip_center (NestedKey): ``log mu`` of relabelled rows, read when ``clip_mode="paper"``.
                 Defaults to ``"log_clip_center"``.
@@ -157,9 +200,9 @@ class SAPGLoss(ClipPPOLoss):
     def __init__(
         self,
         actor_network,
-        critic_network,
+        critic_network=None,
         *,
-        entropy_coeff: float | Sequence[float] | torch.Tensor = 0.0,
+        entropy_coeff: float | Sequence[float] | torch.Tensor | Mapping | None = None,
         num_blocks: int | None = None,
         clip_epsilon: float = 0.2,
         clip_mode: str = "code",
@@ -170,9 +213,6 @@ class SAPGLoss(ClipPPOLoss):
         bounds_loss_coeff: float = 0.0,
         action_bound: float = 1.1,
         value_norm: ValueNorm | None = None,
-        critic_coeff: float = 2.0,
-        loss_critic_type: str = "l2",
-        clip_value: bool | float = True,
         **kwargs,
     ):
         if clip_mode not in CLIP_MODES:
@@ -187,29 +227,36 @@ class SAPGLoss(ClipPPOLoss):
             raise ConfigError(
                 f"max_importance_ratio={max_importance_ratio} is not accepted: use None (no cap) or a value > 1"
             )
-        entropy_coeff = torch.as_tensor(entropy_coeff, dtype=torch.float32)
-        if entropy_coeff.ndim and num_blocks is None:
-            num_blocks = entropy_coeff.numel()
-        if num_blocks is not None and entropy_coeff.ndim == 0:
-            entropy_coeff = entropy_coeff.expand(num_blocks).clone()
-        if entropy_coeff.ndim and entropy_coeff.numel() != num_blocks:
+        per_block = None  # one coefficient per block, or None: ClipPPOLoss's own (a scalar or a mapping)
+        if entropy_coeff is not None and not isinstance(entropy_coeff, (Mapping, int, float)):
+            per_block = torch.as_tensor(entropy_coeff, dtype=torch.float32)
+            if per_block.ndim != 1:
+                raise ConfigError(
+                    f"entropy_coeff of shape {list(per_block.shape)} is not accepted: give a float or one value per block"
+                )
+        network_blocks = num_blocks_of(actor_network)
+        given = {"num_blocks": num_blocks, "entropy_coeff": None if per_block is None else per_block.numel()}
+        for name, count in given.items():
+            if count is not None and network_blocks is not None and count != network_blocks:
+                got = f"num_blocks={count}" if name == "num_blocks" else f"entropy_coeff has {count} values"
+                raise ConfigError(f"{got} but the actor has {network_blocks} blocks: give one value per block of the actor")
+        if num_blocks is None:
+            num_blocks = network_blocks if per_block is None else per_block.numel()
+        if per_block is not None and per_block.numel() != num_blocks:
             raise ConfigError(
-                f"entropy_coeff has {entropy_coeff.numel()} values but num_blocks={num_blocks}: "
+                f"entropy_coeff has {per_block.numel()} values but num_blocks={num_blocks}: "
                 "give one float, or one value per block"
             )
         super().__init__(
             actor_network,
             critic_network,
             clip_epsilon=clip_epsilon,
-            entropy_coeff=0.0,
-            critic_coeff=critic_coeff,
-            loss_critic_type=loss_critic_type,
-            clip_value=clip_value,
+            entropy_coeff=0.0 if per_block is not None else entropy_coeff,
             max_importance_ratio=max_importance_ratio,
             **kwargs,
         )
-        # ClipPPOLoss registers a scalar buffer; SAPG's is one coefficient per block, same name.
-        self.entropy_coeff = entropy_coeff.to(self.entropy_coeff.device)
+        if per_block is not None:  # ClipPPOLoss registers a scalar buffer; SAPG's is one coefficient per block, same name
+            self.entropy_coeff = per_block.to(self.entropy_coeff.device)
         # ClipPPOLoss keeps clip_value as a 0-dim buffer and branches on it (``if self.clip_value:``) in every
         # critic loss: a device-to-host sync per minibatch on CUDA. A Python float clips the same, without it.
         if isinstance(self.clip_value, torch.Tensor):
@@ -222,15 +269,44 @@ class SAPGLoss(ClipPPOLoss):
         self.value_norm = value_norm
         self.register_coeff_buffer("off_policy_weight", off_policy_weight)
         self.register_coeff_buffer("bounds_loss_coeff", bounds_loss_coeff)
+        self._bounds_loss = bounds_loss_coeff > 0  # a host flag: the action mean (not every distribution has one)
         self.register_coeff_buffer("action_bound", action_bound)
+        # the block id is named where the networks are built: the loss reads what they read
+        networks = [net for net in (actor_network, critic_network) if net is not None]
+        read = list(dict.fromkeys(key for key in map(block_id_key, networks) if key is not None))
+        if len(read) > 1:
+            raise ConfigError(f"the actor and the critic read the block id under different keys: {read}; build them alike")
+        self._network_block_id = read[0] if read else None
+        if self._network_block_id is not None:
+            self.set_keys(block_id=self._network_block_id)
         self._in_keys = None  # ClipPPOLoss computed them before clip_mode existed
         # trunks the actor and the critic share: computed once per forward, then reused by both heads
         in_actor = {id(m) for m in actor_network.modules() if isinstance(m, ReuseIfPresent)}
-        self._shared_trunks = [m for m in critic_network.modules() if isinstance(m, ReuseIfPresent) and id(m) in in_actor]
+        self._shared_trunks = [
+            m for net in networks[1:] for m in net.modules() if isinstance(m, ReuseIfPresent) and id(m) in in_actor
+        ]
+
+    def set_keys(self, **kwargs) -> SAPGLoss:
+        """Renames input keys (see :class:`_AcceptedKeys`). ``block_id`` is the networks' own: it can only be set
+        to the key they read, which :func:`~sapg_torchrl.make_actor_critic` names (``block_id_key``)."""
+        read = getattr(self, "_network_block_id", None)
+        if "block_id" in kwargs and read is not None and kwargs["block_id"] != read:
+            raise ConfigError(
+                f"set_keys(block_id={kwargs['block_id']!r}) is not accepted: the networks read the block id as "
+                f"{read!r}; rename it where they are built (make_actor_critic(..., block_id_key={kwargs['block_id']!r})) "
+                "and the loss follows"
+            )
+        return super().set_keys(**kwargs)
+
+    @property
+    def _reads_block_id(self) -> bool:
+        return self._network_block_id is not None or self.num_blocks is not None
 
     def _set_in_keys(self):
         super()._set_in_keys()
-        extra = [self.tensor_keys.block_id, self.tensor_keys.relabelled]
+        extra = [self.tensor_keys.relabelled]
+        if self._reads_block_id:
+            extra.append(self.tensor_keys.block_id)
         if self.clip_mode == "paper":
             extra.append(self.tensor_keys.log_clip_center)
         if self.kl_reference == "previous_epoch":
@@ -240,12 +316,20 @@ class SAPGLoss(ClipPPOLoss):
     @property
     def out_keys(self):
         if self._out_keys is None:
-            self._out_keys = [
-                "loss_objective", "loss_critic", "loss_entropy", "loss_bounds",
-                "entropy", "entropy_per_block", "kl_approx", "explained_variance",
-                "clip_fraction", "clip_fraction_on_policy", "clip_fraction_off_policy",
-                "is_ratio_mean", "is_ratio_max", "off_policy_in_clip_fraction", "value_clip_fraction",
+            keys = ["loss_objective", "clip_fraction"] + (["loss_bounds"] if self._bounds_loss else [])
+            keys += ["entropy", "loss_entropy"] if self.entropy_bonus else ["entropy"]
+            if self._has_critic:
+                keys += ["loss_critic", "explained_variance"] + (["value_clip_fraction"] if self.clip_value else [])
+            keys += ["ESS", "kl_approx", "max_ratio", "mean_ratio"]
+            if self.num_blocks is not None:
+                keys.append("entropy_per_block")
+            keys += [
+                "clip_fraction_on_policy", "clip_fraction_off_policy", "is_ratio_mean", "is_ratio_max",
+                "off_policy_in_clip_fraction",
             ]  # fmt: skip
+            if self.kl_reference == "previous_epoch":
+                keys += [self.tensor_keys.loc, self.tensor_keys.scale]
+            self._out_keys = keys
         return self._out_keys
 
     @out_keys.setter
@@ -266,24 +350,67 @@ class SAPGLoss(ClipPPOLoss):
         old = None if old_state_value is None else normalize(old_state_value)
         return normalize(target_return), normalize(state_value), old
 
+    def _check_inputs(self, tensordict: TensorDictBase, advantage: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Checks the batch once, on entry (see the class's input table); returns ``block_id`` (or ``None``) and the
+        ``relabelled`` flags shaped ``[*B, 1]``. Shapes and dtypes cost nothing; the range of ``block_id`` is read
+        only where it is on the host."""
+        keys, rows = self.tensor_keys, tuple(advantage.shape[:-1])
+        batch = tuple(tensordict.batch_size)
+        if advantage.ndim <= len(batch) or advantage.shape[-1] != 1 or tuple(advantage.shape[: len(batch)]) != batch:
+            raise ConfigError(
+                f"{keys.advantage} has shape {list(advantage.shape)}: expected {[*batch, 1]} (batch shape + a trailing "
+                f"dim of 1, e.g. {keys.advantage}.unsqueeze(-1)); without it the PPO objective would be an outer "
+                "product over rows"
+            )
+        target = tensordict.get(keys.value_target, None) if self._has_critic else None
+        if target is not None:
+            if tuple(target.shape) != tuple(advantage.shape):
+                raise ConfigError(
+                    f"{keys.value_target} has shape {list(target.shape)}: expected {list(advantage.shape)}, the "
+                    f"advantage's (batch shape + a trailing dim of 1)"
+                )
+        block_id = None
+        if self._reads_block_id:
+            block_id = _required(tensordict, keys.block_id, "the networks read it (one integer block per row)")
+            if block_id.dtype in (torch.bool, torch.uint8) or block_id.is_floating_point() or block_id.is_complex():
+                raise ConfigError(f"{keys.block_id} has dtype {block_id.dtype}: expected an integer dtype (torch.long)")
+            if tuple(block_id.shape) != rows:
+                raise ConfigError(f"{keys.block_id} has shape {list(block_id.shape)}: expected {list(rows)}, one id per row")
+            if self.num_blocks is not None and block_id.device.type == "cpu":
+                _check_ids_on_host(keys.block_id, block_id, self.num_blocks)
+        relabelled = tensordict.get(keys.relabelled, None)
+        if relabelled is None:
+            if keys.relabelled != self.default_keys.relabelled:
+                _required(tensordict, keys.relabelled, "it was renamed with set_keys (absent means no relabelled row only for the default key)")
+            relabelled = torch.zeros((*rows, 1), dtype=torch.bool, device=advantage.device)
+        else:
+            _check_flag_shape(keys.relabelled, relabelled, rows, torch.bool)
+            relabelled = relabelled.reshape(*rows, 1)
+        if self.clip_mode == "paper":
+            center = _required(tensordict, keys.log_clip_center, "clip_mode='paper' clips relabelled rows around it (Aggregator(clip_mode='paper') writes it)")
+            _check_flag_shape(keys.log_clip_center, center, rows, None)
+        if self.kl_reference == "previous_epoch":
+            for key in (keys.loc, keys.scale):
+                _required(tensordict, key, "kl_reference='previous_epoch' measures the KL to it")
+        return block_id, relabelled
+
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tensordict = tensordict.clone(False)
         advantage = tensordict.get(self.tensor_keys.advantage, None)
+        update_norm = advantage is None
         if advantage is None:
+            if self.critic_network is None:
+                raise RuntimeError("Critic network is not specified, cannot compute advantage within forward.")
             self.value_estimator(
                 tensordict,
                 params=self._cached_critic_network_params_detached,
                 target_params=self.target_critic_network_params,
             )
             advantage = tensordict.get(self.tensor_keys.advantage)
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=False)
+        block_id, relabelled = self._check_inputs(tensordict, advantage)
+        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
         rows = advantage.shape[:-1]
-        block_id = tensordict.get(self.tensor_keys.block_id)
-        relabelled = tensordict.get(self.tensor_keys.relabelled, None)
-        if relabelled is None:
-            relabelled = torch.zeros(rows, dtype=torch.bool, device=advantage.device)
-        relabelled = relabelled.reshape(*rows, 1)
         on_policy = ~relabelled
         if self.kl_reference == "previous_epoch":  # read before the actor writes the current ones
             reference = d.Normal(tensordict.get(self.tensor_keys.loc), tensordict.get(self.tensor_keys.scale))
@@ -311,16 +438,17 @@ class SAPGLoss(ClipPPOLoss):
 
         weight = torch.where(relabelled, self.off_policy_weight, torch.ones_like(self.off_policy_weight))
         entropy = self._get_entropy(dist, adv_shape=rows)
-        coeff = self.entropy_coeff
-        row_coeff = coeff if coeff.ndim == 0 else coeff[block_id].reshape(*rows, 1)
-        loc = dist.mean
-        excess = (loc.abs() - self.action_bound).clamp_min(0).pow(2).sum(-1, keepdim=True)
-
-        td_out = TensorDict(
-            loss_objective=-weight * gain,
-            loss_entropy=-weight * row_coeff * entropy,
-            loss_bounds=weight * self.bounds_loss_coeff * excess,
-        )
+        td_out = TensorDict(loss_objective=-weight * gain)
+        if self._bounds_loss:
+            excess = (dist.mean.abs() - self.action_bound).clamp_min(0).pow(2).sum(-1, keepdim=True)
+            td_out.set("loss_bounds", weight * self.bounds_loss_coeff * excess)
+        if self.entropy_bonus:
+            coeff = self.entropy_coeff
+            if coeff.ndim:  # one coefficient per block
+                row_entropy = _sum_td_features(entropy) if is_tensor_collection(entropy) else entropy
+                td_out.set("loss_entropy", -weight * coeff[block_id].reshape(*rows, 1) * row_entropy)
+            else:  # ClipPPOLoss's (a scalar, or a mapping over composite heads)
+                td_out.set("loss_entropy", weight * self._weighted_loss_entropy(entropy))
         if self._has_critic:
             loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
             td_out.set("loss_critic", weight * loss_critic)
@@ -330,6 +458,9 @@ class SAPGLoss(ClipPPOLoss):
                 td_out.set("explained_variance", explained_variance.mean())
 
         with torch.no_grad():
+            if is_tensor_collection(entropy):
+                td_out.set("composite_entropy", entropy.detach())
+                entropy = _sum_td_features(entropy)
             entropy = entropy.detach()
             td_out.set("entropy", entropy.mean())
             if self.num_blocks is not None:
@@ -347,11 +478,16 @@ class SAPGLoss(ClipPPOLoss):
                 td_out.set(self.tensor_keys.scale, current.scale)
             else:
                 td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
+            ratio = log_behav_weight.detach().exp()
+            # ClipPPOLoss's diagnostics of the behaviour ratio, over every row
+            lw = log_behav_weight.detach().squeeze(-1)
+            td_out.set("ESS", (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp() / log_weight.shape[0])
+            td_out.set("max_ratio", ratio.max())
+            td_out.set("mean_ratio", ratio.mean())
             clipped = clipped.float()
             td_out.set("clip_fraction", clipped.mean())
             td_out.set("clip_fraction_on_policy", _masked_mean(clipped, on_policy))
             td_out.set("clip_fraction_off_policy", _masked_mean(clipped, relabelled))
-            ratio = log_behav_weight.detach().exp()
             td_out.set("is_ratio_mean", _masked_mean(ratio, relabelled))
             td_out.set("is_ratio_max", _masked_max(ratio, relabelled))
             td_out.set("off_policy_in_clip_fraction", _masked_mean(1.0 - clipped, relabelled))
@@ -365,3 +501,28 @@ class SAPGLoss(ClipPPOLoss):
         )  # fmt: skip
         return td_out
 
+
+def _required(tensordict: TensorDictBase, key: NestedKey, why: str) -> torch.Tensor:
+    value = tensordict.get(key, None)
+    if value is None:
+        raise KeyError(f"SAPGLoss needs {key!r} in its input: {why}; the input has {sorted(map(str, tensordict.keys(True, True)))}")
+    return value
+
+
+def _check_ids_on_host(key: NestedKey, ids: torch.Tensor, count: int) -> None:
+    """Ids in ``[0, count)``, read on the host: called only for ids already there (on an accelerator this read would
+    be a device-to-host sync per call)."""
+    if ids.numel():
+        low, high = ids.aminmax()
+        if low < 0 or high >= count:
+            raise ConfigError(
+                f"{key} holds {int(low) if low < 0 else int(high)}: expected ids in [0, {count - 1}] ({count} blocks)"
+            )
+
+
+def _check_flag_shape(key: NestedKey, value: torch.Tensor, rows: tuple, dtype: torch.dtype | None) -> None:
+    """A per-row entry: shape ``rows`` or ``rows + (1,)``, and ``dtype`` if given."""
+    if tuple(value.shape) not in (rows, (*rows, 1)):
+        raise ConfigError(f"{key} has shape {list(value.shape)}: expected {list(rows)}, one value per row")
+    if dtype is not None and value.dtype != dtype:
+        raise ConfigError(f"{key} has dtype {value.dtype}: expected {dtype}")

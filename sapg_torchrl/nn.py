@@ -8,12 +8,13 @@ each block's copy on that block's rows.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict import NestedKey, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch.func import functional_call, stack_module_state
 from torchrl.modules.value_norm import RunningValueNorm
 
@@ -21,7 +22,7 @@ from sapg_torchrl.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Concatenate", "Standardize", "Denormalize",
-    "ClippedValueNorm", "ReuseIfPresent",
+    "ClippedValueNorm", "ReuseIfPresent", "block_id_key", "num_blocks_of",
 ]  # fmt: skip
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -230,3 +231,35 @@ class ReuseIfPresent(TensorDictModuleBase):
         if all(key in keys for key in self.out_keys):
             return tensordict
         return self.module(tensordict)
+
+
+def block_id_key(network: nn.Module) -> NestedKey | None:
+    """The key a tensordict network feeds to its modules' ``block_id`` argument (``make_actor_critic``'s
+    ``block_id_key``), or ``None`` when no module of it takes one: the one place the block id is named, which
+    :class:`~sapg_torchrl.SAPGLoss` and the :class:`~sapg_torchrl.aggregation.Aggregator` follow.
+
+    Examples:
+        >>> from sapg_torchrl import make_actor_critic
+        >>> actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(8,), block_id_key="blk")
+        >>> block_id_key(actor), block_id_key(critic), block_id_key(nn.Linear(2, 2))
+        ('blk', 'blk', None)
+    """
+    for module in network.modules():
+        if isinstance(module, TensorDictModule) and callable(module.module):
+            function = module.module.forward if isinstance(module.module, nn.Module) else module.module
+            try:
+                arguments = list(inspect.signature(function).parameters)
+            except (TypeError, ValueError):  # a builtin without a signature
+                continue
+            if "block_id" in arguments and arguments.index("block_id") < len(module.in_keys):
+                return module.in_keys[arguments.index("block_id")]
+    return None
+
+
+def num_blocks_of(network: nn.Module) -> int | None:
+    """The number of blocks of a network with a :class:`BlockLogStd` (every actor of ``make_actor_critic``), else
+    ``None``."""
+    for module in network.modules():
+        if isinstance(module, BlockLogStd):
+            return module.log_std.shape[0]
+    return None

@@ -56,6 +56,8 @@ def test_benchmark_runs(script):
     ("gpu_check.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
     ("gpu_check.py", ["--device", "cuda:0"], "--device=cuda:0 is not accepted here: cpu (to try it for size), or cuda"),
     ("gpu_check.py", ["--device", "cpu", "--iters", "0"], "--iters=0 is not accepted: an integer >= 1"),
+    ("conformance/torchrl_ppo_tests.py", ["--torchrl", "/nonexistent", "--out", "/tmp/x"],
+     "--torchrl /nonexistent at --commit HEAD has no test/objectives/test_ppo.py: give a clone of pytorch/rl"),
 ])  # fmt: skip
 def test_benchmark_refuses_bad_values(script, args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

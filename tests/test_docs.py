@@ -33,6 +33,9 @@ def test_gallery_examples_run_and_build(tmp_path):
     """The examples run (each under a minute on a CPU) and their plots are on their pages."""
     result = build(tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("plot_sapg_in_your_loop", "plot_new_ablation", "plot_own_env", "plot_read_study", "plot_deploy_leader"):
+    for name in (
+        "plot_sapg_in_your_loop", "plot_from_clip_ppo_loss", "plot_new_ablation", "plot_own_env", "plot_read_study",
+        "plot_deploy_leader",
+    ):
         page = (tmp_path / "auto_examples" / f"{name}.html").read_text()
         assert "sphx_glr_" + name + "_001.png" in page, name

@@ -24,6 +24,7 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, or the env class, observation 
     "torch_pendulum": ("TorchPendulumEnv", 3, 1),
     "halfcheetah": ("HalfCheetah-v4", 17, 6),
     "hopper": ("Hopper-v4", 11, 3),
+    "walker2d": ("Walker2d-v4", 17, 6),
     "ball_in_cup_catch": ("BallInCupCatch-v1", 8, 2),
     "lunarlander": ("LunarLanderContinuous-v2", 8, 2),
     "ant": ("Ant-v4", 27, 8),

@@ -289,13 +289,13 @@ def test_value_norm_takes_in_values_then_targets(tiny_cfg):
         data = next(iter(runner.collector))
         runner.collector.shutdown()
         batch = runner.prepare(data)
-        assert float(runner.update.value_norm.count) == factor * batch.shape[0]
+        assert float(runner.update.make_batch.value_norm.count) == factor * batch.shape[0]
 
 
 def test_clipped_value_norm_bounds_the_critic_and_the_targets(tiny_cfg):
     runner = build_runner(tiny_cfg("ppo.value_norm_clip=0.5", "train.eval_interval=0"))
     runner.collector.shutdown()
-    norm = runner.update.value_norm
+    norm = runner.update.make_batch.value_norm
     norm.update(torch.tensor([[0.0], [2.0]]))  # mean 1, std 1
     assert norm.normalize(torch.tensor([[-9.0], [1.2], [9.0]])).flatten().tolist() == pytest.approx([-0.5, 0.2, 0.5])
     assert float(norm.denormalize(torch.tensor([[7.0]]))) == pytest.approx(1.5)

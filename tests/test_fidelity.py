@@ -3,6 +3,7 @@ one measure, and prepare() edits a copy of the released code only where it expec
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -33,6 +34,19 @@ def test_ours_logs_every_finished_leader_episode(tmp_path):
     # the leader's episodes only (2 of the 12 envs): as many as the metrics count (cumulative)
     assert len(rows) == float(metrics[-1]["episodes/leader"])
     assert (out / "config.yaml").read_text().count("value_norm_update: values_and_targets") == 1
+    # the deterministic evaluation of its final leader: one measure for every side
+    done = subprocess.run([sys.executable, str(FIDELITY / "evaluate.py"), str(out), "--envs", "2"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "eval.json").read_text())
+    assert result["task"] == "Hopper-v4" and len(result["returns"]) == 2 and result["return"] > 0
+
+
+def test_evaluate_refuses_a_bad_value_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script("evaluate").main(["--code", "stock", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--code needs --task" in error and len(error.strip().splitlines()) == 1
 
 
 def test_ours_never_writes_into_an_existing_folder(tmp_path, capsys):
@@ -66,6 +80,11 @@ def test_compare_reads_both_sides_by_one_measure(tmp_path):
     assert "| sapg | 3 | – | 2 [2, 2] (2-2) | 2 [2, 2] (2-2) |" in report
     assert "| shorter | 3 | – | 5 [5, 5] (5-5) | – |" in report  # no cell beyond its runs' end
     assert (tmp_path / "report" / "hopper.png").stat().st_size > 0
+    for seed in range(3):  # evaluate.py's results, where the runs have them
+        (tmp_path / "sapg" / "hopper" / f"seed{seed}" / "eval.json").write_text(json.dumps({"return": 10.0 + seed}))
+    _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report"), "--points", "100"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Deterministic evaluation" in report and "| sapg | 3 | 11 [10, 12] (10-12) |" in report
 
 
 def test_compare_without_runs_says_what_it_expects(tmp_path):

@@ -198,7 +198,7 @@ def test_max_importance_ratio_caps_relabelled_ratios():
     [
         (dict(clip_mode="mixed"), ["'mixed'", "'code'", "'paper'"]),
         (dict(off_policy_weight=-1.0), ["off_policy_weight=-1.0", ">= 0"]),
-        (dict(entropy_coeff=[0.1, 0.2], num_blocks=3), ["2 values", "num_blocks=3"]),
+        (dict(entropy_coeff=[0.1, 0.2], num_blocks=3), ["2 values", "3 blocks"]),
     ],
 )
 def test_bad_settings_raise_config_error(kwargs, must_contain):

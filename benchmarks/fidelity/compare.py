@@ -7,13 +7,15 @@
 ``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found under the roots is read (a method's
 cells stop at its shortest run's last frame). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
-interval, rliable's, and the per-seed range) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
+interval, rliable's, and the per-seed range; and, where the runs have the ``eval.json`` of ``evaluate.py``, the
+deterministic evaluation of their final leaders alike) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,21 @@ def load(roots: list[Path]) -> dict:
     return runs
 
 
+def evaluations(roots: list[Path]) -> dict:
+    """``{task: {method: {seed: return}}}`` from every ``eval.json`` (``evaluate.py``) under the ``roots``."""
+    found: dict = {}
+    for path in sorted(p for root in roots for p in root.glob("*/*/seed*/eval.json")):
+        method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
+        found.setdefault(task, {}).setdefault(method, {})[seed] = json.loads(path.read_text())["return"]
+    return found
+
+
+def interval(scores: np.ndarray, method: str) -> str:
+    """``IQM [low, high] (min-max)`` over seeds."""
+    iqm, low, high = iqm_with_ci({method: scores})[method]
+    return f"{iqm:.0f} [{low:.0f}, {high:.0f}] ({scores.min():.0f}-{scores.max():.0f})"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", type=Path, nargs="+")
@@ -65,6 +82,7 @@ def main(argv=None) -> None:
     lines = ["# The released code beside ours, one measure", "",
              f"Mean return of the last {RECENT} finished leader episodes (rl_games' `game_rewards`) at each frame point; "
              "IQM over seeds [95% stratified-bootstrap interval] (per-seed range). Made by `benchmarks/fidelity/compare.py`.", ""]  # fmt: skip
+    evaluated = evaluations(args.roots)
     for task, methods in load(args.roots).items():
         ends = {method: min(f.max() for f, _ in seeds.values()) for method, seeds in methods.items()}
         last = max(ends.values())
@@ -80,8 +98,7 @@ def main(argv=None) -> None:
                 if p > ends[method] or not np.isfinite(scores).all():  # beyond a run's end, or before an episode
                     cells.append("–")
                     continue
-                iqm, low, high = iqm_with_ci({method: scores})[method]
-                cells.append(f"{iqm:.0f} [{low:.0f}, {high:.0f}] ({scores.min():.0f}-{scores.max():.0f})")
+                cells.append(interval(scores, method))
             lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
             own = grid[grid <= ends[method]]
             curves = np.array([[recent_mean(f, r, g) for g in own] for f, r in seeds.values()])
@@ -95,6 +112,13 @@ def main(argv=None) -> None:
         fig.savefig(args.out / f"{task}.png", dpi=110)
         plt.close(fig)
         lines.append("")
+        if task in evaluated:
+            lines += ["Deterministic evaluation of each run's final leader (`evaluate.py`: the mean action, the first "
+                      "episode of each of 32 fresh envs, the same envs for every run):", "",
+                      "| method | seeds | return |", "|---|---|---|"]  # fmt: skip
+            for method, seeds in sorted(evaluated[task].items()):
+                lines.append(f"| {method} | {len(seeds)} | {interval(np.array(list(seeds.values())), method)} |")
+            lines.append("")
     (args.out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

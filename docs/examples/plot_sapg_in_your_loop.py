@@ -4,10 +4,11 @@ SAPG in your own TorchRL loop
 
 The library's pieces drop into a plain TorchRL training loop: a batched env with block ids, a
 block-conditioned actor-critic, TorchRL's :class:`~torchrl.collectors.Collector` and
-:class:`~torchrl.objectives.value.GAE`, the :class:`~sapg_torchrl.aggregation.Aggregator` that relabels a
-follower block's data to the leader, and :class:`~sapg_torchrl.SAPGLoss`. This is what
-:class:`~sapg_torchrl.training.Runner` and :class:`~sapg_torchrl.training.PPOUpdate` do, without their normalisers,
-adaptive learning rate, evaluation and checkpoints.
+the :class:`~sapg_torchrl.aggregation.Aggregator` that relabels a follower block's data to the leader,
+:class:`~sapg_torchrl.training.TrainingBatch` (targets, relabelled rows and advantages in one call) and
+:class:`~sapg_torchrl.SAPGLoss`. This is what :class:`~sapg_torchrl.training.Runner` and
+:class:`~sapg_torchrl.training.PPOUpdate` do, without their normalisers, adaptive learning rate, evaluation and
+checkpoints.
 """
 
 # %%
@@ -17,11 +18,11 @@ adaptive learning rate, evaluation and checkpoints.
 import matplotlib.pyplot as plt
 import torch
 from torchrl.collectors import Collector
-from torchrl.objectives.value import GAE
 
 from sapg_torchrl import BlockLayout, SAPGLoss, block_entropy_coefficients, make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.envs import EnvpoolEnv, make_sapg_env
+from sapg_torchrl.training import TrainingBatch
 
 torch.manual_seed(0)
 N, M, T, ITERATIONS, EPOCHS, MINIBATCHES = 96, 6, 16, 36, 3, 4
@@ -32,35 +33,29 @@ print(layout, "envs per block:", layout.block_ids().bincount().tolist())
 
 # %%
 # One network runs every block, conditioned on a learned vector ``phi`` per block. The followers get larger
-# entropy bonuses than the leader (the released code's schedule).
+# entropy bonuses than the leader (the released code's schedule). The loss's critic is the released code's (a
+# squared error, weight 2, clipped); without those arguments it is ``ClipPPOLoss``'s.
 actor, critic = make_actor_critic(3, 1, M, hidden=(64, 64))
 coefficients = block_entropy_coefficients(M, layout.leader, scale=0.005)
-loss = SAPGLoss(actor, critic, entropy_coeff=coefficients)
-gae = GAE(gamma=0.99, lmbda=0.95, value_network=None)  # reads the values computed in the loop
+loss = SAPGLoss(actor, critic, entropy_coeff=coefficients, critic_coeff=2.0, loss_critic_type="l2", clip_value=True)
 aggregate = Aggregator(layout, critic, off_policy_ratio=1)  # one follower block relabelled to the leader
+make_batch = TrainingBatch(loss, layout, aggregator=aggregate, gamma=0.99, lmbda=0.95)
 optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
 print("entropy coefficient per block:", [round(c, 4) for c in coefficients.tolist()])
 
 # %%
-# The loop. Each iteration collects ``[N, T]``, computes the on-policy GAE targets, adds the relabelled rows
-# (the followers' data as the leader's, with one-step TD targets and the behaviour log-probs for the
-# importance ratio), then runs a few epochs of minibatches through the loss. The episode returns that ended in
-# the batch are averaged per block.
-keys = ["observation", "block_id", "action", "action_log_prob", "advantage", "value_target", "state_value", "relabelled"]
+# The loop. Each iteration collects ``[N, T]``; ``make_batch`` computes the on-policy GAE targets, adds the
+# relabelled rows (the followers' data as the leader's, with one-step TD targets and the behaviour log-probs for
+# the importance ratio) and standardises the advantages; a few epochs of minibatches then run through the loss.
+# The episode returns that ended in the batch are averaged per block.
 returns = []  # per iteration: mean episode return of each block
 collector = Collector(env, actor, frames_per_batch=N * T, total_frames=N * T * ITERATIONS)
 for data in collector:
-    with torch.no_grad():
-        critic(data), critic(data["next"])
-        gae(data)
-        relabelled = aggregate(data)  # [K * B, T], block_id := leader
-    data["relabelled"] = torch.zeros(data.shape, dtype=torch.bool)
-    batch = torch.cat([data.select(*keys), relabelled.select(*keys)]).reshape(-1)
-    batch["advantage"] = (batch["advantage"] - batch["advantage"].mean()) / batch["advantage"].std().clamp_min(1e-8)
+    batch = make_batch(data)  # [(N + K * B) * T] rows
     for _ in range(EPOCHS):
         for minibatch in batch[torch.randperm(batch.numel())].split(batch.numel() // MINIBATCHES):
             out = loss(minibatch)
-            total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"] + out["loss_bounds"]
+            total = sum(value for key, value in out.items() if key.startswith("loss_"))
             optim.zero_grad()
             total.backward()
             torch.nn.utils.clip_grad_norm_(loss.parameters(), 1.0)

@@ -108,6 +108,7 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
         bounds_loss_coeff=ppo.bounds_loss_coeff,
         value_norm=value_norm,
         critic_coeff=ppo.critic_coeff,
+        loss_critic_type="l2",  # the released code's squared error (SAPGLoss's default is ClipPPOLoss's smooth L1)
         clip_value=ppo.clip_value,
     ).to(device)  # fmt: skip
     # TorchRL's GAE for a loss called on data without advantages (the runner computes its own); its gamma and

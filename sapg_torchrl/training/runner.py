@@ -147,9 +147,8 @@ class Runner:
         return next(self._rollouts)
 
     def prepare(self, data: TensorDictBase) -> TensorDictBase:
-        """Counts the rollout's frames and episodes, builds the batch
-        (:meth:`PPOUpdate.make_batch <sapg_torchrl.training.PPOUpdate.make_batch>`) and runs the hooks. Returns the
-        batch."""
+        """Counts the rollout's frames and episodes, builds the batch (the update's ``make_batch``, a
+        :class:`~sapg_torchrl.training.TrainingBatch`) and runs the hooks. Returns the batch."""
         self.iteration += 1
         self.frames += data.numel() * self.ranks.world_size
         self._track_episodes(data)

@@ -1,9 +1,10 @@
 """The update of one SAPG iteration, shared by the method and every ablation: from a ``[N, T]`` rollout to new
 parameters.
 
-:meth:`PPOUpdate.make_batch`: GAE per env under its own block's critic (or the paper's n-step target), the
-relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`, the advantages standardised once, the value
-normaliser updated on the targets (or the values, then the targets: ``ppo.value_norm_update``). :meth:`PPOUpdate.learn`:
+:attr:`PPOUpdate.make_batch` (a :class:`~sapg_torchrl.training.batch.TrainingBatch`): GAE per env under its own
+block's critic (or the paper's n-step target), the relabelled rows of the :class:`~sapg_torchrl.aggregation.Aggregator`,
+the advantages standardised once, the value normaliser updated on the targets (or the values, then the targets:
+``ppo.value_norm_update``). :meth:`PPOUpdate.learn`:
 ``epochs`` passes of shuffled minibatches (shuffled anew every epoch, or once: ``ppo.shuffle``) through
 :class:`~sapg_torchrl.SAPGLoss` with Adam, gradient clipping and a KL-adaptive learning rate
 (:class:`~torchrl.objectives.KLAdaptiveLR`, stepped once per epoch on the epoch's mean KL; with the loss's
@@ -24,22 +25,15 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
+from torchrl.modules import set_recurrent_mode
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives import KLAdaptiveLR
-from torchrl.objectives.value import GAE
 
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import LR_BOUNDS, LR_FACTOR, SAPGLoss
-from sapg_torchrl.targets import (
-    ADVANTAGE_NORMS,
-    fill_lost_final_observations,
-    n_step_return,
-    rollout_state_values,
-    standardize_advantage,
-)
+from sapg_torchrl.training.batch import TrainingBatch
 from sapg_torchrl.training.distributed import SINGLE, Ranks, update_running_norm
 from sapg_torchrl.training.settings import PPOSettings, TrainSettings, check
 
@@ -129,12 +123,8 @@ class PPOUpdate:
     ):
         check(ppo, "ppo.")
         check(train, "train.")
-        if advantage_norm not in ADVANTAGE_NORMS:
-            raise ConfigError(
-                f"advantage_norm={advantage_norm!r} is not accepted: use one of {list(ADVANTAGE_NORMS)}"
-            )
         self.loss, self.layout, self.ppo, self.aggregator = loss, layout, ppo, aggregator
-        self.advantage_norm, self.value_norm, self.observation_norm = advantage_norm, value_norm, observation_norm
+        self.observation_norm = observation_norm
         self.critic_observation_norm, self.critic_observation_keys = critic_observation_norm, critic_observation_keys
         # the env's observation entries the networks read (an asymmetric critic's too)
         self.observation_keys = list(dict.fromkeys(["observation", *(critic_observation_keys or [])]))
@@ -142,10 +132,13 @@ class PPOUpdate:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.minibatch_size = ppo.minibatch_size or 4 * layout.num_envs
-        # values are computed once here (and kept: the clipped value loss needs them), so the estimator reads them
-        # instead of holding the critic
-        self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=None)
-        self.gae.set_keys(**{k: getattr(loss.tensor_keys, k) for k in ("advantage", "value_target", "value", "reward", "done", "terminated")})
+        self.make_batch = TrainingBatch(
+            loss, layout, aggregator=aggregator, gamma=ppo.gamma, lmbda=ppo.lmbda, critic_target=ppo.critic_target,
+            n_step=ppo.n_step, advantage_norm=advantage_norm, value_norm=value_norm,
+            value_norm_update=ppo.value_norm_update, observation_keys=self.observation_keys, ranks=ranks,
+        )  # fmt: skip
+        """The batch of a rollout (:class:`~sapg_torchrl.training.batch.TrainingBatch`): ``make_batch(data,
+        final_observation_lost)``."""
 
         # torch.compile wraps the same modules: parameters, checkpoints and the eager paths are unchanged
         self.loss_forward = torch.compile(loss) if train.compile else loss
@@ -157,79 +150,11 @@ class PPOUpdate:
             if ppo.kl_target is None
             else KLAdaptiveLR(self.optimizer, target_kl=ppo.kl_target, factor=LR_FACTOR, min_lr=LR_BOUNDS[0], max_lr=LR_BOUNDS[1])
         )
-        keys = loss.tensor_keys
-        self._batch_keys = list(
-            dict.fromkeys(
-                [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
-                + [keys.advantage, keys.value_target, keys.value, keys.relabelled]
-            )
-        )
-        if loss.clip_mode == "paper":
-            self._batch_keys.append(keys.log_clip_center)
-        if loss.kl_reference == "previous_epoch":
-            self._batch_keys += [keys.loc, keys.scale]
-        # a recurrent policy learns from whole [T]-step sequences (minibatches of env sequences, the hidden
-        # state recomputed from the one stored at their start); a feedforward one from shuffled rows
-        networks = (loss.actor_network, loss.critic_network)
-        self.recurrent = any(isinstance(m, (LSTMModule, GRUModule)) for net in networks for m in net.modules())
         self.optimizer_steps = 0
 
     @property
     def critic(self):
         return self.loss.critic_network
-
-    # ------------------------------------------------------------------------------------------- batch
-    @torch.no_grad()
-    def make_batch(self, data: TensorDictBase, final_observation_lost: bool = False) -> TensorDictBase:
-        """Targets, relabelled rows and standardised advantages: the batch the epochs run over, flat rows
-        (``[(N + relabelled) * T]``), or sequences (``[N + relabelled, T]``) for a recurrent policy.
-
-        ``final_observation_lost``: the env resets inside its step (TorchRL's native auto-reset), leaving NaN where
-        an episode's final observation would be (:func:`~sapg_torchrl.targets.fill_lost_final_observations`)."""
-        keys, ppo = self.loss.tensor_keys, self.ppo
-        if final_observation_lost:
-            fill_lost_final_observations(data, self.observation_keys)
-        # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
-        rollout_state_values(self.critic, data, keys.value)
-        self.gae(data)
-        if ppo.critic_target == "n_step":
-            data.set(
-                keys.value_target,
-                n_step_return(
-                    data.get(("next", keys.reward)),
-                    data.get(("next", keys.value)),
-                    data.get(("next", keys.done)),
-                    data.get(("next", keys.terminated)),
-                    gamma=ppo.gamma,
-                    n=ppo.n_step,
-                ),
-            )
-        data.set(keys.relabelled, torch.zeros(data.shape, dtype=torch.bool, device=data.device))
-        if self.loss.clip_mode == "paper":
-            data.set(keys.log_clip_center, torch.zeros(data.shape, device=data.device))
-        parts = [data.select(*self._batch_keys)]
-        relabelled = None if self.aggregator is None else self.aggregator(data)
-        if relabelled is not None:
-            parts.append(relabelled.select(*self._batch_keys))
-        batch = torch.cat(parts, 0)
-        if not self.recurrent:
-            batch = batch.reshape(-1)
-        if self.advantage_norm != "none":
-            per_block = self.advantage_norm == "per_block"
-            batch.set(
-                keys.advantage,
-                standardize_advantage(
-                    batch.get(keys.advantage),
-                    batch.get(keys.block_id) if per_block else None,
-                    self.layout.num_blocks,
-                    all_sum=self.ranks.all_sum if self.ranks.distributed else None,
-                ),
-            )
-        if self.value_norm is not None:
-            if ppo.value_norm_update == "values_and_targets":
-                update_running_norm(self.value_norm, batch.get(keys.value), self.ranks)
-            update_running_norm(self.value_norm, batch.get(keys.value_target), self.ranks)
-        return batch
 
     # ------------------------------------------------------------------------------------------ update
     def learn(self, batch: TensorDictBase, data: TensorDictBase, iteration: int) -> TensorDictBase:
@@ -291,6 +216,8 @@ class PPOUpdate:
                 self.optimizer.step()
                 self.optimizer_steps += 1
                 out = out.detach()
+                # ClipPPOLoss's ESS keeps a batch's trailing dims (sequences of a recurrent policy: one per step)
+                out.set("ESS", out.get("ESS").mean())
                 out.set("grad_norm", grad_norm.detach())
                 epoch_out.append(out)
             epoch_out = torch.stack(epoch_out)
