@@ -1,6 +1,7 @@
 """The benchmarks run with one command each (at tiny sizes here: their numbers are for a quiet machine, never a
 test), and refuse bad values in one line."""
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_benchmark_runs(script):
     ("gpu_check.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
     ("gpu_check.py", ["--device", "cuda:0"], "--device=cuda:0 is not accepted here: cpu (to try it for size), or cuda"),
     ("gpu_check.py", ["--device", "cpu", "--iters", "0"], "--iters=0 is not accepted: an integer >= 1"),
+    ("op_count.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
     ("conformance/torchrl_ppo_tests.py", ["--torchrl", "/nonexistent", "--out", "/tmp/x"],
      "--torchrl /nonexistent at --commit HEAD has no test/objectives/test_ppo.py: give a clone of pytorch/rl"),
 ])  # fmt: skip
@@ -64,3 +66,13 @@ def test_benchmark_refuses_bad_values(script, args, message, capsys):
         _script(script).main(args)
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and message in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_operator_count_per_step_does_not_grow():
+    """Operator calls per optimizer step (counted, never timed: benchmarks/op_count.py) stay within 10% of the recorded
+    counts, for sapg, no_split and the stock pipeline they are measured against."""
+    op_count = _script("op_count.py")
+    args = argparse.Namespace(env=None, num_envs=48, device="cpu", horizon=None, epochs=None, rounds=1, warmup=1, iters=1)
+    for name, recorded in op_count.RECORDED.items():
+        per_step, _ = op_count.count(name, args)
+        assert per_step <= recorded * (1 + op_count.TOLERANCE), (name, per_step, recorded)
