@@ -4,7 +4,7 @@
 
     python benchmarks/fidelity/compare.py <root> [<root> ...] --out docs/results/fidelity
 
-``<root>/<method>/<task>/seed<k>/episodes.csv``: every method and task found under the roots is read (a method's
+``<root>/<method>/<task>/seed<k>/episodes.csv`` (or ``.csv.gz``): every method and task found under the roots is read (a method's
 cells stop at its shortest run's last frame). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
 interval, rliable's, and the per-seed range; and, where the runs have the ``eval.json`` of ``evaluate.py``, the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -38,11 +39,12 @@ def recent_mean(frames: np.ndarray, returns: np.ndarray, at: float, recent: int 
 
 
 def load(roots: list[Path]) -> dict:
-    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` under the ``roots``."""
+    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` (or ``episodes.csv.gz``, as
+    committed) under the ``roots``."""
     runs: dict = {}
-    for path in sorted(p for root in roots for p in root.glob("*/*/seed*/episodes.csv")):
+    for path in sorted(p for root in roots for name in ("episodes.csv", "episodes.csv.gz") for p in root.glob(f"*/*/seed*/{name}")):
         method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
-        with open(path) as f:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
             rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
         if rows:
             frames, returns = map(np.array, zip(*rows))
