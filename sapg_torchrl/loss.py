@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase, is_tensor_collection
 from tensordict.nn import CompositeDistribution, dispatch
-from tensordict import is_tensor_collection
 from tensordict.utils import NestedKey
 from torch import distributions as d
 from torchrl.modules.value_norm import ValueNorm
