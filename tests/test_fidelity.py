@@ -43,11 +43,20 @@ def test_ours_logs_every_finished_leader_episode(tmp_path):
     assert result["task"] == "Hopper-v4" and len(result["returns"]) == 2 and result["return"] > 0
 
 
-def test_evaluate_refuses_a_bad_value_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--code", "stock", "{run}"], "--code needs --task"),
+        (["--code", "{run}", "--task", "Hopper-v4", "{run}"], "is not a prepared rl_games/ folder"),
+        (["--code", "stock", "--task", "Hopper-v4", "{run}"], "has no 0_rl_games/nn/last_*.pth"),
+        (["{run}"], "is not a run folder of ours.py (no config.yaml)"),
+    ],
+)
+def test_evaluate_refuses_a_bad_value_in_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
-        _script("evaluate").main(["--code", "stock", str(tmp_path)])
+        _script("evaluate").main([a.format(run=tmp_path) for a in args])
     error = capsys.readouterr().err
-    assert exit_.value.code == 2 and "--code needs --task" in error and len(error.strip().splitlines()) == 1
+    assert exit_.value.code == 2 and message in error and len(error.strip().splitlines()) == 1
 
 
 def test_ours_never_writes_into_an_existing_folder(tmp_path, capsys):

@@ -65,6 +65,12 @@ def ours(run: Path):
     return policy.eval(), cfg.env.make.env_name
 
 
+def last_checkpoint(run: Path) -> Path | None:
+    """The ``last_*.pth`` checkpoint a finished ``released.py run`` leaves, or ``None``."""
+    found = sorted((run / "0_rl_games" / "nn").glob("last_*.pth"))
+    return found[-1] if found else None
+
+
 def released(run: Path, code: str, task: str):
     """A run of ``released.py run``: its final model, rebuilt by rl_games at the same settings (12 envs)."""
     if code != "stock":
@@ -73,9 +79,7 @@ def released(run: Path, code: str, task: str):
     from released import params  # beside this script
     from rl_games.torch_runner import Runner
 
-    (checkpoint,) = sorted((run / "0_rl_games" / "nn").glob("last_*.pth"))[-1:] or [None]
-    if checkpoint is None:
-        raise SystemExit(f"error: {run} has no 0_rl_games/nn/last_*.pth: not a finished run of released.py")
+    checkpoint = last_checkpoint(run)
     settings = argparse.Namespace(code=code, env=task, seed=0, frames=1, num_envs=12, num_blocks=6, entropy_scale=0.05,
                                   threads=1, out=Path("/tmp/fidelity_eval"))  # fmt: skip
     runner = Runner()
@@ -113,6 +117,14 @@ def main(argv=None) -> None:
         problem = "--code needs --task (the envpool task the runs trained on, e.g. Hopper-v4)"
     elif args.envs < 1:
         problem = f"--envs={args.envs} is not accepted: an integer >= 1"
+    elif args.code not in (None, "stock") and not (Path(args.code) / "rl_games" / "torch_runner.py").is_file():
+        problem = f"--code {args.code} is not a prepared rl_games/ folder (released.py prepare) nor 'stock'"
+    else:
+        for run in args.runs:
+            if args.code is None and not (run / "config.yaml").is_file():
+                problem = f"{run} is not a run folder of ours.py (no config.yaml); a released.py run needs --code"
+            elif args.code is not None and last_checkpoint(run) is None:
+                problem = f"{run} has no 0_rl_games/nn/last_*.pth: not a finished run of released.py"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
