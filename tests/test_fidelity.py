@@ -93,6 +93,10 @@ def test_compare_reads_both_sides_by_one_measure(tmp_path):
     assert "| released | 3 | – | 1 [1, 1] (1-1) | 2 [2, 3] (2-3) |" in report  # 200: (1 + 3 + seed) / 2
     assert "| sapg | 3 | – | 2 [2, 2] (2-2) | 2 [2, 2] (2-2) |" in report
     assert "| shorter | 3 | – | 5 [5, 5] (5-5) | – |" in report  # no cell beyond its runs' end
+    for seed in range(3):  # a run that went on after its last finished episode says where it ended
+        (tmp_path / "shorter" / "hopper" / f"seed{seed}" / "run.json").write_text(json.dumps({"frames": 200}))
+    _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report"), "--points", "50", "100", "200"])
+    assert "| shorter | 3 | – | 5 [5, 5] (5-5) | 5 [5, 5] (5-5) |" in (tmp_path / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "hopper.png").stat().st_size > 0
     for seed in range(3):  # evaluate.py's results, where the runs have them
         (tmp_path / "sapg" / "hopper" / f"seed{seed}" / "eval.json").write_text(json.dumps({"return": 10.0 + seed}))

@@ -5,7 +5,7 @@
     python benchmarks/fidelity/compare.py <root> [<root> ...] --out docs/results/fidelity
 
 ``<root>/<method>/<task>/seed<k>/episodes.csv`` (or ``.csv.gz``): every method and task found under the roots is read (a method's
-cells stop at its shortest run's last frame). Writes
+cells stop where its shortest run ended: ``run.json``, else ``metrics.csv``, else its last episode). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
 interval, rliable's, and the per-seed range; and, where the runs have the ``eval.json`` of ``evaluate.py``, the
 deterministic evaluation of their final leaders alike) and ``<out>/<task>.png`` (IQM curves with the seeds' range).
@@ -38,9 +38,22 @@ def recent_mean(frames: np.ndarray, returns: np.ndarray, at: float, recent: int 
     return float(done.mean()) if done.size else float("nan")
 
 
+def run_end(folder: Path, last_episode: float) -> float:
+    """The frames a run collected in all: ``run.json``'s (``released.py``), else ``metrics.csv``'s last row (ours),
+    else its last finished episode's."""
+    if (folder / "run.json").is_file():
+        return float(json.loads((folder / "run.json").read_text())["frames"])
+    if (folder / "metrics.csv").is_file():
+        with open(folder / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            return float(rows[-1]["frames"])
+    return last_episode
+
+
 def load(roots: list[Path]) -> dict:
-    """``{task: {method: {seed: (frames, returns)}}}`` from every ``episodes.csv`` (or ``episodes.csv.gz``, as
-    committed) under the ``roots``."""
+    """``{task: {method: {seed: (frames, returns, end)}}}`` from every ``episodes.csv`` (or ``episodes.csv.gz``, as
+    committed) under the ``roots``; ``end``: :func:`run_end`."""
     runs: dict = {}
     for path in sorted(p for root in roots for name in ("episodes.csv", "episodes.csv.gz") for p in root.glob(f"*/*/seed*/{name}")):
         method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
@@ -48,7 +61,7 @@ def load(roots: list[Path]) -> dict:
             rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
         if rows:
             frames, returns = map(np.array, zip(*rows))
-            runs.setdefault(task, {}).setdefault(method, {})[seed] = (frames, returns)
+            runs.setdefault(task, {}).setdefault(method, {})[seed] = (frames, returns, run_end(path.parent, frames.max()))
     if not runs:
         raise SystemExit(f"error: no <method>/<task>/seed<k>/episodes.csv under {', '.join(map(str, roots))}")
     return runs
@@ -86,7 +99,7 @@ def main(argv=None) -> None:
              "IQM over seeds [95% stratified-bootstrap interval] (per-seed range). Made by `benchmarks/fidelity/compare.py`.", ""]  # fmt: skip
     evaluated = evaluations(args.roots)
     for task, methods in load(args.roots).items():
-        ends = {method: min(f.max() for f, _ in seeds.values()) for method, seeds in methods.items()}
+        ends = {method: min(end for _, _, end in seeds.values()) for method, seeds in methods.items()}
         last = max(ends.values())
         points = [p for p in args.points if p <= last]
         lines += [f"## {task}", "", "| method | seeds | " + " | ".join(f"{p / 1e6:g}M" for p in points) + " |",
@@ -96,14 +109,14 @@ def main(argv=None) -> None:
         for method, seeds in sorted(methods.items()):
             cells = []
             for p in points:
-                scores = np.array([recent_mean(f, r, p) for f, r in seeds.values()])
+                scores = np.array([recent_mean(f, r, p) for f, r, _ in seeds.values()])
                 if p > ends[method] or not np.isfinite(scores).all():  # beyond a run's end, or before an episode
                     cells.append("–")
                     continue
                 cells.append(interval(scores, method))
             lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
             own = grid[grid <= ends[method]]
-            curves = np.array([[recent_mean(f, r, g) for g in own] for f, r in seeds.values()])
+            curves = np.array([[recent_mean(f, r, g) for g in own] for f, r, _ in seeds.values()])
             sort = np.sort(curves, axis=0)
             cut = len(seeds) // 4
             ax.plot(own, sort[cut: len(seeds) - cut].mean(0), label=f"{method} ({len(seeds)} seeds)")

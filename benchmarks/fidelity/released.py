@@ -12,13 +12,15 @@ CPU with gym >= 0.26 (:data:`EDITS`); the released code itself never enters this
 the pip-installed rl_games 1.6.5 PPO (``--code stock``; ``pip install -e ".[bench]"`` brings rl_games and the
 ``gym`` the released code imports), on an envpool task with our study's settings (:func:`params`),
 and writes ``<out>/episodes.csv``: one row per finished episode of the leader block (SAPG) or of any env (PPO), with
-the frames collected at the end of its iteration, as ``ours.py`` writes ours. ``compare.py`` reads both.
+the frames collected at the end of its iteration, as ``ours.py`` writes ours, and ``<out>/run.json``: the frames
+collected when it ended. ``compare.py`` reads both.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -154,6 +156,7 @@ def run(args) -> None:
 
         def after_init(self, algo):
             super().after_init(algo)
+            self.trainer = algo
             file = open(args.out / "episodes.csv", "w", newline="")
             writer = csv.writer(file)
             writer.writerow(["frames", "return", "wall_s"])
@@ -168,9 +171,12 @@ def run(args) -> None:
 
             algo.game_rewards.update = logged
 
-    runner = Runner(EpisodeLog())
+    log = EpisodeLog()
+    runner = Runner(log)
     runner.load({"params": params(args)})
     runner.run({"train": True, "play": False})
+    # where the run ended: a method's last finished episode can be well before it (long episodes)
+    (args.out / "run.json").write_text(json.dumps({"frames": int(log.trainer.frame)}) + "\n")
 
 
 def main(argv=None) -> None:
