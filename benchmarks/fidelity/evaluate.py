@@ -50,18 +50,10 @@ def first_episode_returns(policy, task: str, envs: int, seed: int, max_steps: in
 
 
 def ours(run: Path):
-    """Our run's leader as a deterministic policy, and its task."""
-    from sapg_torchrl.app.build import simulator_factory
-    from sapg_torchrl.app.trained_run import _agent, _block, _layout, load_run
-    from sapg_torchrl.deploy import DeployedPolicy
-    from sapg_torchrl.envs import make_sapg_env
+    """Our run's leader as a deterministic policy (its actions clamped to the action spec's bounds), and its task."""
+    from sapg_torchrl.app.trained_run import deployed_policy
 
-    cfg, _, state = load_run(run)
-    probe = make_sapg_env(simulator_factory(cfg.env.make, torch.device("cpu"))(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
-    agent = _agent(cfg, state, probe, torch.device("cpu"))
-    dim, actions = probe.observation_spec["observation"].shape[-1], probe.action_spec.shape[-1]
-    probe.close()
-    policy = DeployedPolicy(agent.actor, dim, _block("leader", _layout(cfg)), -torch.ones(actions), torch.ones(actions))
+    policy, cfg, _, _ = deployed_policy(run)
     return policy.eval(), cfg.env.make.env_name
 
 

@@ -38,7 +38,7 @@ from sapg_torchrl.training.device import device_of
 from sapg_torchrl.training.evaluation import at_episode_end
 from sapg_torchrl.training.sinks import aside
 
-__all__ = ["RENDERABLE_PRESETS", "evaluate_run", "export_run", "load_run", "record_video"]
+__all__ = ["RENDERABLE_PRESETS", "deployed_policy", "evaluate_run", "export_run", "load_run", "record_video"]
 
 RENDERABLE_PRESETS = ("mountaincar", "halfcheetah", "ant", "humanoid")
 
@@ -204,6 +204,23 @@ class _ExportedActor:
         return td.set("action", torch.as_tensor(action))
 
 
+def deployed_policy(
+    run_dir: str | Path, *, block: str | int = "leader", checkpoint: str | None = None
+) -> tuple[DeployedPolicy, DictConfig, Path, dict]:
+    """A block's deterministic policy (the leader's by default) of a trained run, on the CPU, with the run's config,
+    the checkpoint's path and its state: what :func:`export_run` writes, as a module."""
+    cfg, checkpoint_path, state = load_run(run_dir, checkpoint)
+    chosen = _block(block, _layout(cfg))
+    make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
+    probe_env = make_sapg_env(make_base(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
+    agent = _agent(cfg, state, probe_env, torch.device("cpu"))
+    observation_dim = probe_env.observation_spec["observation"].shape[-1]
+    spec = probe_env.action_spec
+    low, high = spec.space.low.reshape(-1, spec.shape[-1])[0], spec.space.high.reshape(-1, spec.shape[-1])[0]
+    probe_env.close()
+    return DeployedPolicy(agent.actor, observation_dim, chosen, low, high), cfg, checkpoint_path, state
+
+
 def export_run(
     run_dir: str | Path, *, format: str = "onnx", block: str | int = "leader", checkpoint: str | None = None
 ) -> dict:
@@ -217,16 +234,8 @@ def export_run(
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format={format!r} is not accepted: use one of {', '.join(EXPORT_FORMATS)}")
-    cfg, checkpoint_path, state = load_run(run_dir, checkpoint)
-    chosen = _block(block, _layout(cfg))
-    make_base = simulator_factory(cfg.env.make, torch.device("cpu"))
-    probe_env = make_sapg_env(make_base(num_envs=1, seed=0), torch.zeros(1, dtype=torch.long))
-    agent = _agent(cfg, state, probe_env, torch.device("cpu"))
-    observation_dim = probe_env.observation_spec["observation"].shape[-1]
-    spec = probe_env.action_spec
-    low, high = spec.space.low.reshape(-1, spec.shape[-1])[0], spec.space.high.reshape(-1, spec.shape[-1])[0]
-    probe_env.close()
-    policy = DeployedPolicy(agent.actor, observation_dim, chosen, low, high)
+    policy, cfg, checkpoint_path, state = deployed_policy(run_dir, block=block, checkpoint=checkpoint)
+    chosen = int(policy.block_id)
     name = "leader" if block == "leader" else f"block{chosen}"
     target = Path(run_dir) / "export" / f"{name}{EXPORT_FORMATS[format]}"
     target.parent.mkdir(parents=True, exist_ok=True)
