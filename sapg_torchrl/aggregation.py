@@ -7,6 +7,10 @@
   shift ``r`` in ``1..M-1`` per iteration.
 - ``"none"`` (ablation): no relabelled rows.
 
+With ``leader_to_followers=True`` (CPO) the leader's transitions are also copied to every follower, flagged
+``awac`` (:class:`~sapg_torchrl.CPOLoss`'s advantage-weighted term reads them), with one-step TD targets under each
+follower's critic, as the released CPO code builds them (``augment_batch_for_cpo``).
+
 The relabelled rows keep the behaviour log-prob of the block that collected them (the importance ratio
 is taken against it). With ``importance_correction=False`` (the ``no_is_correction`` ablation) the
 behaviour log-prob is replaced by the target block's own pre-update log-prob, as if the data were
@@ -51,6 +55,9 @@ class Aggregator:
             ``importance_correction=False`` or ``clip_mode="paper"``.
         log_prob_key (NestedKey): behaviour log-prob key. Defaults to ``"action_log_prob"``.
         relabelled_key (NestedKey): where the rows are flagged relabelled. Defaults to ``"relabelled"``.
+        leader_to_followers (bool): also relabel the leader's rows to every follower (CPO), flagged under
+            ``awac_key`` (``mode="leader_follower"`` only). Defaults to ``False``.
+        awac_key (NestedKey): that flag (``False`` on the followers-to-leader rows). Defaults to ``"awac"``.
         generator (torch.Generator, optional): source of the per-iteration draws (CPU).
 
     The block id is written under the key the critic reads (:func:`~sapg_torchrl.nn.block_id_key`, else
@@ -88,6 +95,8 @@ class Aggregator:
         actor=None,
         log_prob_key="action_log_prob",
         relabelled_key="relabelled",
+        leader_to_followers: bool = False,
+        awac_key="awac",
         generator: torch.Generator | None = None,
     ):
         if mode not in AGGREGATIONS:
@@ -102,6 +111,10 @@ class Aggregator:
                 f"off_policy_ratio={off_policy_ratio} is not accepted for num_blocks={M}: "
                 f"use an integer in [1, {M - 1}] (K < M; {M - 1} = all follower data)"
             )
+        if leader_to_followers and mode != "leader_follower":
+            raise ConfigError(
+                f"leader_to_followers (CPO) is not accepted with aggregation={mode!r}: it needs 'leader_follower'"
+            )
         needs_actor = not importance_correction or clip_mode == "paper"
         if needs_actor and actor is None:
             raise ConfigError("importance_correction=False and clip_mode='paper' need the actor")
@@ -112,6 +125,7 @@ class Aggregator:
         self.clip_mode = clip_mode
         self.actor = actor if needs_actor else None
         self.log_prob_key, self.relabelled_key = log_prob_key, relabelled_key
+        self.leader_to_followers, self.awac_key = leader_to_followers, awac_key
         self.block_id_key = block_id_key(critic) or "block_id"
         self.generator = generator
         self.critic = critic
@@ -120,9 +134,10 @@ class Aggregator:
     @property
     def rows_per_env_step(self) -> int:
         """Relabelled rows per env step of the rollout (the batch is ``(N + this) * T`` rows)."""
-        return {"leader_follower": self.off_policy_ratio, "symmetric": self.layout.num_blocks, "none": 0}[
-            self.mode
-        ] * self.layout.block_size
+        blocks = {"leader_follower": self.off_policy_ratio, "symmetric": self.layout.num_blocks, "none": 0}[self.mode]
+        if self.leader_to_followers:
+            blocks += self.layout.num_blocks - 1
+        return blocks * self.layout.block_size
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This iteration's ``(source_blocks, target_blocks)``, both ``[P]`` (CPU)."""
@@ -144,13 +159,20 @@ class Aggregator:
         ``data`` is the rollout, ``[N, T]`` env-major, with ``block_id``, ``("next", "observation")``,
         ``("next", "reward")``, ``("next", "done")``, ``("next", "terminated")`` and the behaviour
         log-prob. The rows get ``block_id`` (root and next) set to their target block, ``relabelled``
-        set, and ``advantage``, ``value_target`` and ``state_value`` from the target block's critic.
+        set, and ``advantage``, ``value_target`` and ``state_value`` from the target block's critic. With
+        ``leader_to_followers`` the leader's rows for every follower follow, and every row gets the ``awac`` flag.
         """
         if self.mode == "none":
             return None
         M, B = self.layout.num_blocks, self.layout.block_size
         self.layout.check_rollout(data.shape)
         source, target = self.draw()
+        awac = None
+        if self.leader_to_followers:  # the leader's rows copied to every follower, after the draw's rows
+            followers = torch.tensor(self.layout.followers)
+            awac = torch.cat([torch.zeros(len(source), dtype=torch.bool), torch.ones(len(followers), dtype=torch.bool)])
+            source = torch.cat([source, torch.full_like(followers, self.layout.leader)])
+            target = torch.cat([target, followers])
         T = data.shape[-1]
         source, target = (_to_device(index, data.device) for index in (source, target))
         rows = data.reshape(M, B, T)[source].reshape(-1, T)
@@ -162,6 +184,8 @@ class Aggregator:
         rollout_state_values(self.critic, rows)
         self.td0(rows)
         rows.set(self.relabelled_key, torch.ones(rows.shape, dtype=torch.bool, device=rows.device))
+        if awac is not None:
+            rows.set(self.awac_key, _to_device(awac.repeat_interleave(B)[:, None].expand(-1, T).contiguous(), data.device))
         if self.actor is not None:
             with set_recurrent_mode(True):
                 dist = self.actor.get_dist(rows.select(*self.actor.in_keys, strict=False))

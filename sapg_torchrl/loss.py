@@ -39,6 +39,11 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
+def _mean_over(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x.mean()``, or its mean over ``mask`` where one is given."""
+    return x.mean() if mask is None else _masked_mean(x, mask)
+
+
 def _masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.expand_as(x)
     out = torch.where(mask, x, torch.full_like(x, float("-inf"))).max()
@@ -377,14 +382,7 @@ class SAPGLoss(ClipPPOLoss):
                 raise ConfigError(f"{keys.block_id} has shape {list(block_id.shape)}: expected {list(rows)}, one id per row")
             if self.num_blocks is not None and block_id.device.type == "cpu":
                 _check_ids_on_host(keys.block_id, block_id, self.num_blocks)
-        relabelled = tensordict.get(keys.relabelled, None)
-        if relabelled is None:
-            if keys.relabelled != self.default_keys.relabelled:
-                _required(tensordict, keys.relabelled, "it was renamed with set_keys (absent means no relabelled row only for the default key)")
-            relabelled = torch.zeros((*rows, 1), dtype=torch.bool, device=advantage.device)
-        else:
-            _check_flag_shape(keys.relabelled, relabelled, rows, torch.bool)
-            relabelled = relabelled.reshape(*rows, 1)
+        relabelled = _row_flag(tensordict, keys.relabelled, self.default_keys.relabelled, rows, advantage.device)
         if self.clip_mode == "paper":
             center = _required(tensordict, keys.log_clip_center, "clip_mode='paper' clips relabelled rows around it (Aggregator(clip_mode='paper') writes it)")
             _check_flag_shape(keys.log_clip_center, center, rows, None)
@@ -392,6 +390,22 @@ class SAPGLoss(ClipPPOLoss):
             for key in (keys.loc, keys.scale):
                 _required(tensordict, key, "kl_reference='previous_epoch' measures the KL to it")
         return block_id, relabelled
+
+    # -- what a method built on SAPG's loss changes (CPOLoss); SAPG's own: nothing --------------------------------
+    def _counted_rows(self, tensordict: TensorDictBase, rows: torch.Size) -> torch.Tensor | None:
+        """The rows SAPG's terms (objective, critic, entropy, bounds) and diagnostics count, ``[*rows, 1]`` bool; the
+        others weigh 0 there but stay in the means' denominators. ``None``: every row."""
+        return None
+
+    def _objective_advantage(
+        self, tensordict: TensorDictBase, advantage: torch.Tensor, log_weight: torch.Tensor, dist, block_id, on_policy
+    ) -> tuple[torch.Tensor, dict]:
+        """The advantage the clipped objective multiplies, per row, and the diagnostics that come with it."""
+        return advantage, {}
+
+    def _extra_losses(self, tensordict: TensorDictBase, advantage: torch.Tensor, log_weight: torch.Tensor) -> dict:
+        """Further ``loss_*`` terms per row (reduced like the others) and their diagnostics."""
+        return {}
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -410,7 +424,9 @@ class SAPGLoss(ClipPPOLoss):
         block_id, relabelled = self._check_inputs(tensordict, advantage)
         advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=update_norm)
         rows = advantage.shape[:-1]
-        on_policy = ~relabelled
+        counted = self._counted_rows(tensordict, rows)  # None: every row; else the rows SAPG's terms count
+        on_policy = ~relabelled if counted is None else ~relabelled & counted
+        off_policy = relabelled if counted is None else relabelled & counted
         if self.kl_reference == "previous_epoch":  # read before the actor writes the current ones
             reference = d.Normal(tensordict.get(self.tensor_keys.loc), tensordict.get(self.tensor_keys.scale))
 
@@ -433,11 +449,15 @@ class SAPGLoss(ClipPPOLoss):
         clipped = log_weight_clip != log_weight
         if log_is_weight is not None:
             log_weight_clip = log_weight_clip + log_is_weight
-        gain = torch.minimum(log_behav_weight.exp() * advantage, log_weight_clip.exp() * advantage)
+        objective_advantage, diagnostics = self._objective_advantage(tensordict, advantage, log_weight, dist, block_id, on_policy)
+        gain = torch.minimum(log_behav_weight.exp() * objective_advantage, log_weight_clip.exp() * objective_advantage)
 
         weight = torch.where(relabelled, self.off_policy_weight, torch.ones_like(self.off_policy_weight))
+        if counted is not None:  # rows left out weigh 0 but stay in the means' denominators
+            weight = weight * counted
         entropy = self._get_entropy(dist, adv_shape=rows)
         td_out = TensorDict(loss_objective=-weight * gain)
+        td_out.update(self._extra_losses(tensordict, advantage, log_weight))
         if self._bounds_loss:
             excess = (dist.mean.abs() - self.action_bound).clamp_min(0).pow(2).sum(-1, keepdim=True)
             td_out.set("loss_bounds", weight * self.bounds_loss_coeff * excess)
@@ -461,35 +481,42 @@ class SAPGLoss(ClipPPOLoss):
                 td_out.set("composite_entropy", entropy.detach())
                 entropy = _sum_td_features(entropy)
             entropy = entropy.detach()
-            td_out.set("entropy", entropy.mean())
+            td_out.set("entropy", _mean_over(entropy, counted))
             if self.num_blocks is not None:
                 ids = block_id.reshape(-1)
                 zeros = torch.zeros(self.num_blocks, device=entropy.device)
-                total = zeros.index_add(0, ids, entropy.reshape(-1))
-                count = zeros.index_add(0, ids, torch.ones_like(entropy.reshape(-1)))
+                ones = torch.ones_like(entropy) if counted is None else counted.to(entropy.dtype).expand_as(entropy)
+                total = zeros.index_add(0, ids, (entropy * ones).reshape(-1))
+                count = zeros.index_add(0, ids, ones.reshape(-1))
                 mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
                 td_out.set("entropy_per_block", mean)
             if self.kl_reference == "previous_epoch":
                 current = d.Normal(dist.mean.detach(), dist.stddev.detach())
                 kl = d.kl_divergence(current, reference).sum(-1)
-                td_out.set("kl_approx", kl.mean() if self.kl_rows == "all" else _masked_mean(kl.unsqueeze(-1), on_policy))
+                td_out.set("kl_approx", _mean_over(kl.unsqueeze(-1), counted) if self.kl_rows == "all" else _masked_mean(kl.unsqueeze(-1), on_policy))
                 td_out.set(self.tensor_keys.loc, current.loc)
                 td_out.set(self.tensor_keys.scale, current.scale)
             else:
                 td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
             ratio = log_behav_weight.detach().exp()
-            # ClipPPOLoss's diagnostics of the behaviour ratio, over every row
+            # ClipPPOLoss's diagnostics of the behaviour ratio, over every (counted) row
             lw = log_behav_weight.detach().squeeze(-1)
-            td_out.set("ESS", (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp() / log_weight.shape[0])
-            td_out.set("max_ratio", ratio.max())
-            td_out.set("mean_ratio", ratio.mean())
+            if counted is None:
+                td_out.set("ESS", (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp() / log_weight.shape[0])
+                td_out.set("max_ratio", ratio.max())
+            else:
+                lw = torch.where(counted.expand_as(log_behav_weight).squeeze(-1), lw, torch.full_like(lw, float("-inf")))
+                td_out.set("ESS", (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp() / counted.sum(0).squeeze(-1))
+                td_out.set("max_ratio", _masked_max(ratio, counted))
+            td_out.set("mean_ratio", _mean_over(ratio, counted))
             clipped = clipped.float()
-            td_out.set("clip_fraction", clipped.mean())
+            td_out.set("clip_fraction", _mean_over(clipped, counted))
             td_out.set("clip_fraction_on_policy", _masked_mean(clipped, on_policy))
-            td_out.set("clip_fraction_off_policy", _masked_mean(clipped, relabelled))
-            td_out.set("is_ratio_mean", _masked_mean(ratio, relabelled))
-            td_out.set("is_ratio_max", _masked_max(ratio, relabelled))
-            td_out.set("off_policy_in_clip_fraction", _masked_mean(1.0 - clipped, relabelled))
+            td_out.set("clip_fraction_off_policy", _masked_mean(clipped, off_policy))
+            td_out.set("is_ratio_mean", _masked_mean(ratio, off_policy))
+            td_out.set("is_ratio_max", _masked_max(ratio, off_policy))
+            td_out.set("off_policy_in_clip_fraction", _masked_mean(1.0 - clipped, off_policy))
+            td_out.update(diagnostics)
 
         td_out = td_out.named_apply(
             lambda name, value: self._reduce_loss(value, tensordict).squeeze(-1) if name.startswith("loss_") else value,
@@ -517,6 +544,18 @@ def _check_ids_on_host(key: NestedKey, ids: torch.Tensor, count: int) -> None:
             raise ConfigError(
                 f"{key} holds {int(low) if low < 0 else int(high)}: expected ids in [0, {count - 1}] ({count} blocks)"
             )
+
+
+def _row_flag(tensordict: TensorDictBase, key: NestedKey, default_key: NestedKey, rows: tuple, device) -> torch.Tensor:
+    """A bool flag per row, ``[*rows, 1]``: absent under its default key means no row has it; a renamed key must be
+    present."""
+    flag = tensordict.get(key, None)
+    if flag is None:
+        if key != default_key:
+            _required(tensordict, key, "it was renamed with set_keys (absent means no flagged row only under the default key)")
+        return torch.zeros((*rows, 1), dtype=torch.bool, device=device)
+    _check_flag_shape(key, flag, rows, torch.bool)
+    return flag.reshape(*rows, 1)
 
 
 def _check_flag_shape(key: NestedKey, value: torch.Tensor, rows: tuple, dtype: torch.dtype | None) -> None:

@@ -16,6 +16,8 @@ ABLATION_KEYS = {
         name: {"sapg.num_blocks", "sapg.aggregation", "sapg.entropy_schedule", "sapg.entropy_coefficients"}
         for name in ("ppo_entropy", "ppo_entropy_0.005", "ppo_entropy_0.25")
     },
+    "cpo": {"cpo.enabled"},
+    "cpo_adr": {"cpo.enabled", "cpo.discriminator_coef"},
 }
 
 
@@ -42,7 +44,7 @@ def changed_keys(a, b):
 
 
 def test_every_ablation_has_a_config_file(repo_root):
-    """The study's variants are exactly the files of the ablation group."""
+    """The study's variants and SAPG's successor (``cpo``, ``cpo_adr``) are exactly the files of the ablation group."""
     files = {p.stem for p in (repo_root / "sapg_torchrl" / "configs" / "ablation").glob("*.yaml")}
     assert files == set(ABLATION_KEYS)
 
@@ -71,6 +73,7 @@ def test_ablation_values(compose_cfg):
     grid = {name: list(cfg[name].sapg.entropy_coefficients) for name in cfg if name.startswith("ppo_entropy")}
     assert grid == {"ppo_entropy_0.005": [0.005], "ppo_entropy": [0.05], "ppo_entropy_0.25": [0.25]}
     assert all(cfg[name].sapg.num_blocks == 1 for name in grid)
+    assert cfg["cpo"].cpo.enabled is True and cfg["cpo"].sapg.aggregation == "leader_follower"
 
 
 def test_paper_phi_width_per_task(compose_cfg):

@@ -244,7 +244,7 @@ def test_report_rejects_a_count_below_one_before_writing(synthetic, tmp_path, ca
 
 
 # -------------------------------------------------------------------------------- real tiny sweep
-VARIANTS = ("sapg", "no_split", "symmetric")
+VARIANTS = ("sapg", "no_split", "symmetric", "cpo")
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +279,8 @@ def test_real_report_header_tables_and_plots(real_report):
         rows = _table_rows(text, heading)
         assert set(VARIANTS) <= set(rows), (heading, rows)
     assert _table_rows(text, "## Exploration diversity")["no_split"][-1] == "–"
+    coupling = _table_rows(text, "## CPO's coupling")  # CPO's diagnostics, for the variant that logs them only
+    assert list(coupling) == ["cpo"] and all(cell not in ("", "nan") for cell in coupling["cpo"]), coupling
     assert "## Findings" in text and "Paper: *`symmetric` and `no_off_policy`" in text
     for plot in PLOTS:
         assert (sweep_dir / "report" / plot).stat().st_size > 1000, plot
@@ -291,7 +293,7 @@ def test_default_study_command_reruns_the_sweep(real_report):
     from sapg_torchrl.study import default_study_command
 
     command = default_study_command(study)
-    assert command.startswith("python recipes/study.py ") and "ablation=sapg,no_split,symmetric" in command
+    assert command.startswith("python recipes/study.py ") and "ablation=sapg,no_split,symmetric,cpo" in command
     assert "seed=0,1,2" in command and f"hydra.sweep.dir={sweep_dir}" in command and "env.num_envs=12" in command
     assert not math.isnan(summarize(study, reps=50, diversity=False).high)
 

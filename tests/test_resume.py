@@ -57,8 +57,8 @@ def final_state(run_dir):
     return torch.load(path, weights_only=False)
 
 
-@pytest.mark.parametrize("variant", [["ablation=sapg"], ["network.lstm_size=8", "ablation=no_is_correction"]],
-                         ids=["sapg", "lstm"])  # fmt: skip
+@pytest.mark.parametrize("variant", [["ablation=sapg"], ["network.lstm_size=8", "ablation=no_is_correction"], ["ablation=cpo_adr"]],
+                         ids=["sapg", "lstm", "cpo_adr"])  # fmt: skip
 def test_resume_is_exact(tiny_cfg, tmp_path, monkeypatch, variant):
     """A run stopped after iteration 6 (its checkpoint is from iteration 5) and resumed gives bit-identical
     parameters and metrics.csv rows (timing aside) to the same run uninterrupted; the row written after the

@@ -14,6 +14,7 @@ ABLATIONS = {
     "sapg", "no_split", "symmetric", "no_off_policy", "no_is_correction", "no_is_correction_capped", "no_entropy",
     "disjoint", "ppo_entropy_0.005", "ppo_entropy", "ppo_entropy_0.25",
 }  # fmt: skip
+METHODS_BEYOND_SAPG = {"cpo", "cpo_adr"}  # files of the ablation group that are SAPG's successors, not variants of the study
 
 
 def _study_cfg(*overrides):
@@ -26,10 +27,12 @@ def _study_cfg(*overrides):
 
 
 def test_study_sweeps_every_ablation_over_five_seeds():
-    """Every ablation file is in the sweep, with at least 5 seeds, into a deterministic (resumable) folder."""
+    """Every ablation file (but SAPG's successors) is in the sweep, with at least 5 seeds, into a deterministic
+    (resumable) folder."""
     cfg = _study_cfg()
     params = cfg.hydra.sweeper.params
-    assert set(params.ablation.split(",")) == ABLATIONS == {p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml")}
+    files = {p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml")}
+    assert set(params.ablation.split(",")) == ABLATIONS == files - METHODS_BEYOND_SAPG
     assert params.seed == "range(5)"
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert "now:" not in sweep["dir"] and "${seed}" in sweep["subdir"]

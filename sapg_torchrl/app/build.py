@@ -18,6 +18,7 @@ from torchrl.objectives import ValueEstimators
 from sapg_torchrl.actor_critic import make_actor_critic
 from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout, block_entropy_coefficients
+from sapg_torchrl.cpo_loss import CPOLoss
 from sapg_torchrl.envs.factory import make_sapg_env, track_recurrent_states
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
@@ -25,6 +26,7 @@ from sapg_torchrl.nn import ClippedValueNorm
 from sapg_torchrl.training.device import check_cudagraphs, device_of
 from sapg_torchrl.training.distributed import SINGLE, Ranks, split_envs
 from sapg_torchrl.training.evaluation import BackgroundEvaluator, InlineEvaluator
+from sapg_torchrl.training.adversarial_reward import AdversarialReward
 from sapg_torchrl.training.runner import Runner
 from sapg_torchrl.training.settings import PPOSettings, TrainSettings
 from sapg_torchrl.training.update import PPOUpdate
@@ -40,7 +42,7 @@ class Agent:
 
     actor: object
     critic: object
-    loss: SAPGLoss
+    loss: SAPGLoss  # or CPOLoss
     value_norm: RunningValueNorm | None
     observation_norm: RunningValueNorm | None
     critic_observation_norm: RunningValueNorm | None = None
@@ -48,8 +50,9 @@ class Agent:
 
 
 def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device) -> Agent:
-    """The actor, critic and :class:`~sapg_torchrl.SAPGLoss` of ``cfg`` for ``env`` (a SAPG env; a recurrent
-    policy's state tracking is added to it). A checkpoint's ``"loss"`` entry loads into ``Agent.loss``."""
+    """The actor, critic and :class:`~sapg_torchrl.SAPGLoss` (:class:`~sapg_torchrl.CPOLoss` with ``cpo.enabled``) of
+    ``cfg`` for ``env`` (a SAPG env; a recurrent policy's state tracking is added to it). A checkpoint's ``"loss"``
+    entry loads into ``Agent.loss``."""
     s, net, ppo = cfg.sapg, cfg.network, cfg.ppo
     observation_dim = env.observation_spec["observation"].shape[-1]
     value_norm = None
@@ -92,7 +95,16 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     actor.to(device), critic.to(device)
     track_recurrent_states(env, actor)
     coefficients = None if s.entropy_coefficients is None else list(s.entropy_coefficients)
-    loss = SAPGLoss(
+    cpo = cfg.cpo
+    method = (
+        functools.partial(
+            CPOLoss, leader=layout.leader, awac_beta=cpo.awac_beta, awac_lambda=cpo.awac_lambda, awac_max=cpo.awac_max,
+            kl_coef=cpo.kl_coef,
+        )
+        if cpo.enabled
+        else SAPGLoss
+    )  # fmt: skip
+    loss = method(
         actor,
         critic,
         entropy_coeff=block_entropy_coefficients(
@@ -186,7 +198,8 @@ def build_runner(
         aggregator = Aggregator(
             layout, agent.critic, mode=s.aggregation, off_policy_ratio=s.off_policy_ratio, gamma=ppo.gamma,
             importance_correction=s.importance_correction, clip_mode=s.clip_mode, actor=agent.actor,
-            log_prob_key=agent.loss.tensor_keys.sample_log_prob, generator=torch.Generator().manual_seed(cfg.seed),
+            log_prob_key=agent.loss.tensor_keys.sample_log_prob, leader_to_followers=cfg.cpo.enabled,
+            generator=torch.Generator().manual_seed(cfg.seed),
         )  # fmt: skip
     evaluator = None
     if train.eval_interval and ranks.is_main:
@@ -196,8 +209,17 @@ def build_runner(
         else:
             policy = torch.compile(agent.actor) if train.compile else agent.actor
             evaluator = InlineEvaluator(track_recurrent_states(make_eval_env(), agent.actor), policy, e.eval_steps)
+    adversarial_reward = None
+    if cfg.cpo.enabled and cfg.cpo.discriminator_coef > 0:
+        adversarial_reward = AdversarialReward(
+            env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1], layout.num_blocks, layout.leader,
+            coef=cfg.cpo.discriminator_coef, hidden=list(cfg.cpo.discriminator_hidden), lr=ppo.lr,
+            minibatch_size=ppo.minibatch_size or 4 * layout.num_envs, block_id_key=agent.loss.tensor_keys.block_id,
+            device=device, seed=cfg.seed, ranks=ranks,
+        )  # fmt: skip
     update = PPOUpdate(
         agent.loss, layout, ppo, train, advantage_norm=s.advantage_norm, aggregator=aggregator,
+        adversarial_reward=adversarial_reward,
         value_norm=agent.value_norm, observation_norm=agent.observation_norm,
         critic_observation_norm=agent.critic_observation_norm, critic_observation_keys=agent.critic_observation_keys,
         device=device, seed=rank_seed, ranks=ranks,

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional
 from sapg_torchrl.aggregation import AGGREGATIONS
 from sapg_torchrl.blocks import ENTROPY_SCHEDULES, LEADERS, BlockLayout
 from sapg_torchrl.deploy import EXPORT_FORMATS
+from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import CLIP_MODES
 from sapg_torchrl.nn import ACTIVATIONS
 from sapg_torchrl.targets import ADVANTAGE_NORMS
@@ -135,6 +136,28 @@ class SAPGSettings:
 
 
 @dataclass
+class CPOSettings:
+    """CPO (Coupled Policy Optimization, Shitanda et al., ICLR 2026) on top of SAPG: the followers coupled to the
+    leader (:class:`~sapg_torchrl.CPOLoss`; ``ablation=cpo``). Defaults: the released code's recipes."""
+
+    enabled: bool = setting(False, "train CPO: the leader's rows relabelled to every follower, the AWAC and KL terms")
+    awac_beta: float = setting(1e-3, "weight of the followers' advantage-weighted term on the leader's rows", NON_NEGATIVE)
+    awac_lambda: float = setting(0.2, "its temperature: weights ``exp(A / awac_lambda)``", POSITIVE)
+    awac_max: float = setting(100.0, "its weights' cap", POSITIVE)
+    kl_coef: float = setting(
+        0.0, "``lambda_ppo``: a follower's advantage minus ``kl_coef * (log pi_F - log pi_L)`` (0 in the shipped configs)",
+        NON_NEGATIVE,
+    )
+    discriminator_coef: float = setting(
+        0.0,
+        "the adversarial reward's scale: a follower's reward gets ``-discriminator_coef * CE`` of a discriminator that "
+        "tells the blocks apart from ``(s, a)`` (0: no discriminator; ``cpo_adr``: 0.01, the ShadowHand recipe's)",
+        NON_NEGATIVE,
+    )
+    discriminator_hidden: List[int] = setting([1024, 1024, 512, 512], "the discriminator's widths", ListOf(COUNT))
+
+
+@dataclass
 class NetworkSettings:
     """The actor-critic."""
 
@@ -189,6 +212,7 @@ class SAPGConfig:
     resume: Optional[str] = setting(None, "a run folder to continue from its newest checkpoint (see :doc:`resume`)")
     env: EnvSettings = setting(EnvSettings(), "")
     sapg: SAPGSettings = setting(SAPGSettings(), "")
+    cpo: CPOSettings = setting(CPOSettings(), "")
     network: NetworkSettings = setting(NetworkSettings(), "")
     ppo: PPOSettings = setting(PPOSettings(), "")
     train: TrainSettings = setting(TrainSettings(), "")
@@ -300,6 +324,19 @@ def validate(cfg, root=None) -> None:
     check(values, "", root)
     if isinstance(values.get("env"), dict) and isinstance(values.get("sapg"), dict):  # N splits into M blocks
         BlockLayout(values["env"]["num_envs"], values["sapg"]["num_blocks"], values["sapg"].get("leader", "last"))
+    cpo = values.get("cpo") if isinstance(values.get("cpo"), dict) else {}
+    if cpo.get("discriminator_coef") and not cpo.get("enabled"):
+        raise ConfigError(
+            f"cpo.discriminator_coef={cpo['discriminator_coef']} is not accepted with cpo.enabled=false: the adversarial "
+            "reward is CPO's (ablation=cpo_adr, or cpo.enabled=true)"
+        )
+    if cpo.get("enabled"):  # CPO couples followers to one leader
+        sapg = values.get("sapg", {})
+        if sapg.get("aggregation") != "leader_follower" or sapg.get("num_blocks", 2) < 2:
+            raise ConfigError(
+                f"cpo.enabled=true is not accepted with sapg.aggregation={sapg.get('aggregation')} and "
+                f"sapg.num_blocks={sapg.get('num_blocks')}: CPO needs aggregation=leader_follower and num_blocks >= 2"
+            )
     if isinstance(values.get("train"), dict) and values["train"].get("cudagraphs"):  # before any run folder exists
         check_cudagraphs(device_of(values.get("device", "auto")))
 

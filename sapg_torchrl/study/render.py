@@ -391,6 +391,21 @@ def _render(study: Study, summary: Summary, command: str, study_command: str, re
     else:
         out += ["Not computed.", ""]
 
+    if s.coupling:
+        out += ["## CPO's coupling", "",
+                "For the variants that train CPO (`CPOLoss`): the advantage-weighted term's weights "
+                "`exp(A / awac_lambda)` on the leader's rows relabelled to the followers (their mean, and the share "
+                "capped at `awac_max`), the mean analytic KL(pi_follower || pi_leader) on the followers' own rows "
+                "and the discriminator's accuracy on the rollout (`cpo_adr`; "
+                f"{DASH} without one), each a run's mean over the last 10% of its budget, then the mean over seeds.", "",
+                "| variant | AWAC weight, mean | AWAC weights capped | follower-to-leader KL | discriminator accuracy |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for v, d in s.coupling.items():
+            accuracy = DASH if math.isnan(d["discriminator_accuracy"]) else _num(d["discriminator_accuracy"], 3)
+            out.append(f"| {v} | {_num(d['awac_weight_mean'])} | {_num(d['awac_clamped_fraction'], 3)} | "
+                       f"{_num(d['follower_leader_kl'])} | {accuracy} |")
+        out.append("")
+
     out += ["## Plots", "",
             "The learning-curve band is a simple percentile bootstrap over seeds at each grid point (100 points "
             f"from 0 to the budget, {reps} resamplings; with one task this is rliable's stratified bootstrap); "

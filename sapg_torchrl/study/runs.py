@@ -22,6 +22,9 @@ import numpy as np
 
 __all__ = ["VARIANT_ORDER", "REFERENCE", "Run", "Study", "load_study"]
 
+COUPLING_PREFIXES = ("train/awac_", "train/follower_leader_kl/", "train/discriminator_accuracy")
+"""The ``metrics.csv`` columns of CPO's coupling (:class:`~sapg_torchrl.CPOLoss`'s diagnostics) a run keeps."""
+
 VARIANT_ORDER = (
     "sapg", "no_split", "ppo_entropy_0.005", "ppo_entropy", "ppo_entropy_0.25", "symmetric", "no_off_policy",
     "no_is_correction", "no_is_correction_capped", "no_entropy", "disjoint",
@@ -75,6 +78,9 @@ class Run:
         states_path (Path or None): ``states.pt`` when the run recorded states.
         choices (dict): Hydra's group choices of the run (``.hydra/hydra.yaml``; empty if absent).
         overrides (list of str): the run's Hydra overrides (``.hydra/overrides.yaml``; empty if absent).
+        coupling (dict): CPO's diagnostics of every logged iteration (``metrics.csv``'s ``train/awac_*``,
+            ``train/follower_leader_kl/<b>`` and ``train/discriminator_accuracy`` columns, by column name); empty for
+            other methods.
     """
 
     variant: str
@@ -89,6 +95,7 @@ class Run:
     states_path: Path | None = None
     choices: dict = field(default_factory=dict)
     overrides: list = field(default_factory=list)
+    coupling: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -232,8 +239,13 @@ def _load_run(run_dir: Path) -> Run:
         overrides = [str(o) for o in (_load_yaml(hydra_dir / "overrides.yaml") or [])]
     seed = int(config.get("seed", seed))
     states = run_dir / "states.pt"
+    coupling = {
+        column: pd.to_numeric(metrics[column], errors="coerce").to_numpy(np.float64)
+        for column in metrics.columns
+        if column.startswith(COUPLING_PREFIXES)
+    }
     return Run(variant, seed, run_dir, config, frames, leader, evaluation, lr, result,
-               states if states.exists() else None, choices, overrides)  # fmt: skip
+               states if states.exists() else None, choices, overrides, coupling)  # fmt: skip
 
 
 def _describe(values: dict) -> str:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -64,6 +64,9 @@ class Summary:
         diversity (dict): variant -> {``states``, ``pca`` (curve), ``pca_area``, ``ae`` ({width: error}),
             ``entropy``, ``kl``}.
         curves (dict): variant -> ``(grid, iqm, band_low, band_high)`` of the leader's return.
+        coupling (dict): variant -> {``awac_weight_mean``, ``awac_clamped_fraction``, ``follower_leader_kl``,
+            ``discriminator_accuracy`` (NaN without a discriminator)} for the variants that log CPO's coupling: each run's mean over the iterations of the last 10% of its budget
+            (the KL: over the followers too), then the mean over seeds.
         notes (list of str): remarks on the numbers (runs left out of an aggregate, ...).
     """
 
@@ -81,6 +84,7 @@ class Summary:
     curves: dict
     bottlenecks: tuple
     notes: list
+    coupling: dict = field(default_factory=dict)
 
 
 def _float(value) -> float:
@@ -320,7 +324,30 @@ def summarize(
     div, bottlenecks = _diversity(study, seed, max_states, ae_epochs, notes) if diversity else ({}, ())
     curves = _learning_curves(study, curve_points, reps, seed)
     return Summary(per_run, iqm, poi, effect, lr, low, high, threshold, best, tuned_ppo, div, curves, bottlenecks,
-                   notes)  # fmt: skip
+                   notes, _coupling(study))  # fmt: skip
+
+
+def _coupling(study: Study) -> dict:
+    """CPO's coupling per variant (see :attr:`Summary.coupling`)."""
+    out = {}
+    for variant, runs in study.runs.items():
+        if not all(run.coupling for run in runs):
+            continue
+        values: dict = {"awac_weight_mean": [], "awac_clamped_fraction": [], "follower_leader_kl": [],
+                        "discriminator_accuracy": []}  # fmt: skip
+        for run in runs:
+            c = run.coupling
+            leader = run.config.get("sapg", {}).get("leader", "last")
+            kl = [c[k] for k in sorted(c) if k.startswith("train/follower_leader_kl/")]
+            leader = len(kl) - 1 if leader == "last" else 0 if leader == "first" else int(leader) % len(kl)
+            followers = np.nanmean(np.stack([k for b, k in enumerate(kl) if b != leader]), axis=0)
+            accuracy = c.get("train/discriminator_accuracy", np.full(len(run.frames), np.nan))  # cpo_adr only
+            for name, series in (("awac_weight_mean", c["train/awac_weight_mean"]),
+                                 ("awac_clamped_fraction", c["train/awac_clamped_fraction"]),
+                                 ("follower_leader_kl", followers), ("discriminator_accuracy", accuracy)):  # fmt: skip
+                values[name].append(final_performance(run.frames, series, FINAL_FRACTION))
+        out[variant] = {name: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for name, v in values.items()}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report

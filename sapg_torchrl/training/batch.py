@@ -18,6 +18,7 @@ from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.training.adversarial_reward import AdversarialReward
 from sapg_torchrl.targets import (
     ADVANTAGE_NORMS,
     CRITIC_TARGETS,
@@ -41,7 +42,7 @@ class TrainingBatch:
     1. computes ``V(s_t)`` and ``V(s_{t+1})`` under each env's own block (kept: the clipped value loss needs them),
        then GAE (``critic_target="gae"``) or the n-step return (``"n_step"``) as the value target;
     2. appends the relabelled rows of ``aggregator`` (one-step TD targets under the target block's critic), flagged
-       ``relabelled`` (the on-policy rows get ``False``);
+       ``relabelled`` (the on-policy rows get ``False``; with CPO's ``leader_to_followers``, ``awac`` likewise);
     3. standardises the advantages once over the whole batch (``advantage_norm="global"``, the released code),
        per block, or not at all;
     4. updates ``value_norm`` with the batch's targets (first its values with ``value_norm_update="values_and_targets"``).
@@ -65,6 +66,11 @@ class TrainingBatch:
         observation_keys (list of NestedKey): the observation entries the networks read (for episodes whose final
             observation the env lost, see ``final_observation_lost``). Defaults to ``["observation"]``.
         ranks (Ranks): the processes of a data-parallel run: the standardisation and the normaliser are global.
+        adversarial_reward (AdversarialReward, optional): CPO's bonus for the followers' rewards, added for the
+            on-policy targets (not for the relabelled rows'); its discriminator trains on each rollout.
+
+    Attributes:
+        diagnostics (dict): the last call's adversarial-reward diagnostics (device tensors; empty without one).
 
     Examples:
         >>> import torch
@@ -103,6 +109,7 @@ class TrainingBatch:
         value_norm_update: str = PPOSettings.value_norm_update,
         observation_keys: list | None = None,
         ranks: Ranks = SINGLE,
+        adversarial_reward: AdversarialReward | None = None,
     ):
         for name, value, accepted in (
             ("advantage_norm", advantage_norm, ADVANTAGE_NORMS),
@@ -112,10 +119,18 @@ class TrainingBatch:
             if value not in accepted:
                 raise ConfigError(f"{name}={value!r} is not accepted: use one of {list(accepted)}")
         keys = loss.tensor_keys
+        # CPO's rows of the leader relabelled to the followers: the loss must read them, under the aggregator's key
+        self.awac_key = aggregator.awac_key if aggregator is not None and aggregator.leader_to_followers else None
+        if self.awac_key is not None and not hasattr(keys, "awac"):
+            raise ConfigError(
+                "the aggregator relabels the leader's rows to the followers (leader_to_followers, CPO) but "
+                f"{type(loss).__name__} has no awac term: use CPOLoss"
+            )
         if aggregator is not None:
             for name, theirs, ours in (
                 ("block id", aggregator.block_id_key, keys.block_id),
                 ("relabelled flag", aggregator.relabelled_key, keys.relabelled),
+                ("awac flag", self.awac_key, keys.awac if self.awac_key is not None else None),
             ):
                 if theirs != ours:
                     raise ConfigError(f"the aggregator writes the {name} as {theirs!r} but the loss reads {ours!r}")
@@ -124,12 +139,15 @@ class TrainingBatch:
         self.advantage_norm, self.value_norm, self.value_norm_update = advantage_norm, value_norm, value_norm_update
         self.observation_keys = list(observation_keys or ["observation"])
         self.ranks = ranks
+        self.adversarial_reward, self.diagnostics = adversarial_reward, {}
         # values are computed once here (and kept: the clipped value loss needs them), so the estimator reads them
         # instead of holding the critic
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=None)
         self.gae.set_keys(**{k: getattr(keys, k) for k in ("advantage", "value_target", "value", "reward", "done", "terminated")})
         batch_keys = [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
         batch_keys += [keys.advantage, keys.value_target, keys.value, keys.relabelled]
+        if self.awac_key is not None:
+            batch_keys.append(self.awac_key)
         if loss.clip_mode == "paper":
             batch_keys.append(keys.log_clip_center)
         if loss.kl_reference == "previous_epoch":
@@ -152,6 +170,10 @@ class TrainingBatch:
             fill_lost_final_observations(data, self.observation_keys)
         # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
         rollout_state_values(self.loss.critic_network, data, keys.value)
+        reward = data.get(("next", keys.reward))
+        if self.adversarial_reward is not None:  # the on-policy targets with CPO's bonus; the relabelled rows' without
+            bonus, self.diagnostics = self.adversarial_reward(data)
+            data.set(("next", keys.reward), reward + bonus)
         self.gae(data)
         if self.critic_target == "n_step":
             following = data.get("next")
@@ -162,7 +184,10 @@ class TrainingBatch:
                     following.get(keys.terminated), gamma=self.gamma, n=self.n_step,
                 ),
             )  # fmt: skip
+        data.set(("next", keys.reward), reward)
         data.set(keys.relabelled, torch.zeros(data.shape, dtype=torch.bool, device=data.device))
+        if self.awac_key is not None:
+            data.set(self.awac_key, torch.zeros(data.shape, dtype=torch.bool, device=data.device))
         if self.loss.clip_mode == "paper":
             data.set(keys.log_clip_center, torch.zeros(data.shape, device=data.device))
         parts = [data.select(*self.batch_keys)]

@@ -136,6 +136,7 @@ class Runner:
         batch = self.prepare(data)
         self._mark("targets")
         losses = self.update.learn(batch, data, self.iteration)
+        losses.update(self.update.make_batch.diagnostics)
         metrics = self._iteration_metrics(losses)
         self._mark("update")
         return metrics
@@ -216,10 +217,11 @@ class Runner:
     def state_dict(self) -> dict:
         """Everything the next iteration depends on: parameters and normaliser statistics (in the loss),
         optimizer, learning-rate schedule, counters, episode trackers, the random generators (the update's shuffles,
-        the aggregator's, torch's global CPU and CUDA ones), the hooks' states (e.g. a
+        the aggregator's, torch's global CPU and CUDA ones), CPO's discriminator, the hooks' states (e.g. a
         :class:`~sapg_torchrl.training.StateReservoir`), the env's state where it is in the collector's
         tensordict (:attr:`env_state_in_tensordict`) and :attr:`extra_state`."""
         update, aggregator = self.update, self.update.aggregator
+        adversarial = update.make_batch.adversarial_reward
         carrier = self.collector._carrier  # the collector's current env tensordict
         return {
             "loss": update.loss.state_dict(),
@@ -236,6 +238,7 @@ class Runner:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "hooks": [hook.state_dict() if hasattr(hook, "state_dict") else None for hook in self.hooks],
+            "adversarial_reward": None if adversarial is None else adversarial.state_dict(),
             "env": carrier.cpu() if self.env_state_in_tensordict else None,
             "extra": dict(self.extra_state),
         }  # fmt: skip
@@ -259,6 +262,8 @@ class Runner:
         for hook, hook_state in zip(self.hooks, state["hooks"], strict=True):
             if hook_state is not None:
                 hook.load_state_dict(hook_state)
+        if state.get("adversarial_reward") is not None:  # absent from checkpoints written before CPO
+            update.make_batch.adversarial_reward.load_state_dict(state["adversarial_reward"])
         if state["env"] is not None and self.env_state_in_tensordict:
             carrier = self.collector._carrier
             carrier.update(state["env"].to(carrier.device) if carrier.device is not None else state["env"])

@@ -90,6 +90,8 @@ class PPOUpdate:
         seed (int): seeds the minibatch shuffles.
         ranks (Ranks): the processes of a data-parallel run (:mod:`sapg_torchrl.training.distributed`). Defaults to
             one process.
+        adversarial_reward (AdversarialReward, optional): CPO's bonus for the followers' rewards (see
+            :class:`~sapg_torchrl.training.batch.TrainingBatch`).
 
     Attributes:
         optimizer_steps (int): the minibatch steps taken so far (a host counter: no device read).
@@ -120,6 +122,7 @@ class PPOUpdate:
         device: torch.device | str = "cpu",
         seed: int = 0,
         ranks: Ranks = SINGLE,
+        adversarial_reward=None,
     ):
         check(ppo, "ppo.")
         check(train, "train.")
@@ -136,6 +139,7 @@ class PPOUpdate:
             loss, layout, aggregator=aggregator, gamma=ppo.gamma, lmbda=ppo.lmbda, critic_target=ppo.critic_target,
             n_step=ppo.n_step, advantage_norm=advantage_norm, value_norm=value_norm,
             value_norm_update=ppo.value_norm_update, observation_keys=self.observation_keys, ranks=ranks,
+            adversarial_reward=adversarial_reward,
         )  # fmt: skip
         """The batch of a rollout (:class:`~sapg_torchrl.training.batch.TrainingBatch`): ``make_batch(data,
         final_observation_lost)``."""
