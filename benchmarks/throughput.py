@@ -168,11 +168,12 @@ class StockPPO:
     ``advantage_norm=global`` does) -> ``epochs`` passes of shuffled minibatches through ``ClipPPOLoss``
     with Adam and gradient clipping. Separate actor and critic MLPs with the config's hidden widths
     and activation; the actor's log-std is state independent (``AddStateIndependentNormalScale``).
+    ``adam_foreach``: Adam's ``foreach`` (``None``, the default: PyTorch's choice, foreach on a GPU only).
     """
 
     name = "stock"
 
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, device: torch.device, adam_foreach: bool | None = None):
         ppo, net, e = cfg.ppo, cfg.network, cfg.env
         torch.manual_seed(cfg.seed)
         self.device = device = torch.device(device)
@@ -211,7 +212,7 @@ class StockPPO:
         ).to(device)
         self.gae = GAE(gamma=ppo.gamma, lmbda=ppo.lmbda, value_network=self.critic)
         self.params = [p for p in self.loss.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=ppo.lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=ppo.lr, foreach=adam_foreach)
         self.max_grad_norm = ppo.max_grad_norm
         self.epochs = ppo.epochs
         self.minibatch_size = ppo.minibatch_size or 4 * N

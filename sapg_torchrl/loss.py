@@ -39,6 +39,16 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
+def _masked_means(values: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[k]``: the mean of each value over its mask (NaN over none), in one pass over the stacked values, the same
+    numbers as :func:`_masked_mean` of each (values and masks alike shaped)."""
+    x, mask = torch.stack(list(values)), torch.stack(list(masks))
+    dims = tuple(range(1, x.ndim))
+    count = mask.sum(dims)
+    total = torch.where(mask, x, torch.zeros_like(x)).sum(dims)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
 def _mean_over(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``x.mean()``, or its mean over ``mask`` where one is given."""
     return x.mean() if mask is None else _masked_mean(x, mask)
@@ -350,6 +360,8 @@ class SAPGLoss(ClipPPOLoss):
     def _critic_loss_inputs(self, target_return, state_value, old_state_value):
         if self.value_norm is None:
             return target_return, state_value, old_state_value
+        if hasattr(self.value_norm, "normalize_all"):  # ClippedValueNorm: the statistics read once
+            return tuple(self.value_norm.normalize_all(target_return, state_value, old_state_value))
         normalize = self.value_norm.normalize
         old = None if old_state_value is None else normalize(old_state_value)
         return normalize(target_return), normalize(state_value), old
@@ -485,20 +497,32 @@ class SAPGLoss(ClipPPOLoss):
             if self.num_blocks is not None:
                 ids = block_id.reshape(-1)
                 zeros = torch.zeros(self.num_blocks, device=entropy.device)
-                ones = torch.ones_like(entropy) if counted is None else counted.to(entropy.dtype).expand_as(entropy)
-                total = zeros.index_add(0, ids, (entropy * ones).reshape(-1))
-                count = zeros.index_add(0, ids, ones.reshape(-1))
+                weights = torch.ones_like(entropy) if counted is None else counted.to(entropy.dtype).expand_as(entropy)
+                total = zeros.index_add(0, ids, (entropy if counted is None else entropy * weights).reshape(-1))
+                count = zeros.index_add(0, ids, weights.reshape(-1))
                 mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
                 td_out.set("entropy_per_block", mean)
+            ratio = log_behav_weight.detach().exp()
+            clipped = clipped.float()
+            # the means over the on-policy or the relabelled rows, in one pass (the numbers of one at a time)
+            masked = {
+                "clip_fraction_on_policy": (clipped, on_policy),
+                "clip_fraction_off_policy": (clipped, off_policy),
+                "is_ratio_mean": (ratio, off_policy),
+                "off_policy_in_clip_fraction": (1.0 - clipped, off_policy),
+            }
             if self.kl_reference == "previous_epoch":
                 current = d.Normal(dist.mean.detach(), dist.stddev.detach())
-                kl = d.kl_divergence(current, reference).sum(-1)
-                td_out.set("kl_approx", _mean_over(kl.unsqueeze(-1), counted) if self.kl_rows == "all" else _masked_mean(kl.unsqueeze(-1), on_policy))
+                kl = d.kl_divergence(current, reference).sum(-1).unsqueeze(-1)
+                if self.kl_rows == "on_policy":
+                    masked["kl_approx"] = (kl, on_policy)
+            else:
+                masked["kl_approx"] = (kl_approx.detach(), on_policy)
+            means = dict(zip(masked, _masked_means(*zip(*masked.values())).unbind(0)))
+            td_out.set("kl_approx", means["kl_approx"] if "kl_approx" in means else _mean_over(kl, counted))
+            if self.kl_reference == "previous_epoch":
                 td_out.set(self.tensor_keys.loc, current.loc)
                 td_out.set(self.tensor_keys.scale, current.scale)
-            else:
-                td_out.set("kl_approx", _masked_mean(kl_approx.detach(), on_policy))
-            ratio = log_behav_weight.detach().exp()
             # ClipPPOLoss's diagnostics of the behaviour ratio, over every (counted) row
             lw = log_behav_weight.detach().squeeze(-1)
             if counted is None:
@@ -509,13 +533,12 @@ class SAPGLoss(ClipPPOLoss):
                 td_out.set("ESS", (2 * lw.logsumexp(0) - (2 * lw).logsumexp(0)).exp() / counted.sum(0).squeeze(-1))
                 td_out.set("max_ratio", _masked_max(ratio, counted))
             td_out.set("mean_ratio", _mean_over(ratio, counted))
-            clipped = clipped.float()
             td_out.set("clip_fraction", _mean_over(clipped, counted))
-            td_out.set("clip_fraction_on_policy", _masked_mean(clipped, on_policy))
-            td_out.set("clip_fraction_off_policy", _masked_mean(clipped, off_policy))
-            td_out.set("is_ratio_mean", _masked_mean(ratio, off_policy))
+            td_out.set("clip_fraction_on_policy", means["clip_fraction_on_policy"])
+            td_out.set("clip_fraction_off_policy", means["clip_fraction_off_policy"])
+            td_out.set("is_ratio_mean", means["is_ratio_mean"])
             td_out.set("is_ratio_max", _masked_max(ratio, off_policy))
-            td_out.set("off_policy_in_clip_fraction", _masked_mean(1.0 - clipped, off_policy))
+            td_out.set("off_policy_in_clip_fraction", means["off_policy_in_clip_fraction"])
             td_out.update(diagnostics)
 
         td_out = td_out.named_apply(

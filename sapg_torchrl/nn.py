@@ -176,8 +176,10 @@ class ClippedValueNorm(RunningValueNorm):
     """TorchRL's ``RunningValueNorm`` whose normalised values lie in ``[-clip, clip]``, as rl_games'
     ``RunningMeanStd``: :meth:`normalize` clips its result and :meth:`denormalize` its input. As the value
     normaliser (``ppo.value_norm_clip``, the released code's 5), the loss regresses clipped targets and the critic
-    predicts values within ``clip`` standard deviations of the running mean. Same statistics and state as
-    ``RunningValueNorm``.
+    predicts values within ``clip`` standard deviations of the running mean. ``clip=None`` clips nothing (it is then
+    ``RunningValueNorm``). Same statistics and state as ``RunningValueNorm``; :meth:`normalize_all` normalises several
+    tensors with the statistics read once (``RunningValueNorm`` recomputes its variance at every call: operators a
+    minibatch step pays).
 
     Examples:
         >>> norm = ClippedValueNorm(clip=5.0)
@@ -186,15 +188,22 @@ class ClippedValueNorm(RunningValueNorm):
         (tensor([[5.]]), tensor([[6.]]))
     """
 
-    def __init__(self, *, clip: float, shape: int | tuple[int, ...] = 1, epsilon: float = 1e-5, device=None):
+    def __init__(self, *, clip: float | None, shape: int | tuple[int, ...] = 1, epsilon: float = 1e-5, device=None):
         super().__init__(shape=shape, epsilon=epsilon, device=device)
         self.clip = clip
 
+    def normalize_all(self, *values: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """:meth:`normalize` of each of ``values`` (``None`` stays ``None``), the same numbers."""
+        mean, scale = self.mean, self.scale()  # RunningValueNorm.normalize's (v - mean) / sqrt(var)
+        out = [None if v is None else (v - mean) / scale for v in values]
+        return out if self.clip is None else [None if o is None else o.clamp(-self.clip, self.clip) for o in out]
+
     def normalize(self, value_target: torch.Tensor) -> torch.Tensor:
-        return super().normalize(value_target).clamp(-self.clip, self.clip)
+        return self.normalize_all(value_target)[0]
 
     def denormalize(self, normalised_value: torch.Tensor) -> torch.Tensor:
-        return super().denormalize(normalised_value.clamp(-self.clip, self.clip))
+        clipped = normalised_value if self.clip is None else normalised_value.clamp(-self.clip, self.clip)
+        return super().denormalize(clipped)
 
 
 class Standardize(nn.Module):

@@ -57,8 +57,7 @@ def build_agent(cfg: DictConfig, env, layout: BlockLayout, device: torch.device)
     observation_dim = env.observation_spec["observation"].shape[-1]
     value_norm = None
     if ppo.value_norm:
-        value_norm = RunningValueNorm() if ppo.value_norm_clip is None else ClippedValueNorm(clip=ppo.value_norm_clip)
-        value_norm.to(device)
+        value_norm = ClippedValueNorm(clip=ppo.value_norm_clip).to(device)  # clip None: RunningValueNorm's numbers
     observation_norm = RunningValueNorm(shape=observation_dim).to(device) if ppo.observation_norm else None
     critic_keys = net.get("critic_observation_keys")
     critic_dim = critic_norm = None

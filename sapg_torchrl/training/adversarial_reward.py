@@ -82,7 +82,7 @@ class AdversarialReward:
             torch.manual_seed(seed)
             self.network = nn.Sequential(mlp(observation_dim + action_dim, list(hidden)), nn.Linear(hidden[-1], num_blocks))
         self.network.to(device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr, eps=1e-8)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr, eps=1e-8, foreach=True)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.coef, self.leader, self.minibatch_size, self.ranks = coef, leader, minibatch_size, ranks
         self.keys = (observation_key, action_key, block_id_key)
