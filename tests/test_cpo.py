@@ -274,7 +274,7 @@ def test_the_adversarial_reward_rewards_recognisable_followers_and_learns():
     followers = on_policy & (a["block_id"] != 2)
     assert (b["value_target"][followers] < a["value_target"][followers]).all()  # the bonus is negative
     torch.testing.assert_close(b["value_target"][a["relabelled"]], a["value_target"][a["relabelled"]])
-    assert set(shaped.diagnostics) == {"discriminator_loss", "discriminator_accuracy", "adversarial_bonus"}
+    assert set(reward.diagnostics) == {"discriminator_loss", "discriminator_accuracy", "adversarial_bonus"}
 
 
 def test_the_discriminator_is_cpos():

@@ -47,6 +47,9 @@ class AdversarialReward:
         seed (int): seeds its initialisation and its shuffles.
         ranks (Ranks): the processes of a data-parallel run: the gradients are averaged over them.
 
+    Attributes:
+        diagnostics (dict): the last call's, as device tensors (empty before the first).
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
@@ -86,6 +89,7 @@ class AdversarialReward:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.coef, self.leader, self.minibatch_size, self.ranks = coef, leader, minibatch_size, ranks
         self.keys = (observation_key, action_key, block_id_key)
+        self.diagnostics: dict[str, torch.Tensor] = {}
 
     def _inputs(self, data: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
         observation, action, block_id = (data.get(key) for key in self.keys)
@@ -106,6 +110,7 @@ class AdversarialReward:
                 "adversarial_bonus": bonus.mean(),
             }
         self.train(inputs, labels)
+        self.diagnostics = diagnostics
         return bonus.reshape(*data.shape, 1), diagnostics
 
     @torch.enable_grad()  # called from the batch's construction, which runs without gradients

@@ -69,9 +69,6 @@ class TrainingBatch:
         adversarial_reward (AdversarialReward, optional): CPO's bonus for the followers' rewards, added for the
             on-policy targets (not for the relabelled rows'); its discriminator trains on each rollout.
 
-    Attributes:
-        diagnostics (dict): the last call's adversarial-reward diagnostics (device tensors; empty without one).
-
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict
@@ -139,7 +136,7 @@ class TrainingBatch:
         self.advantage_norm, self.value_norm, self.value_norm_update = advantage_norm, value_norm, value_norm_update
         self.observation_keys = list(observation_keys or ["observation"])
         self.ranks = ranks
-        self.adversarial_reward, self.diagnostics = adversarial_reward, {}
+        self.adversarial_reward = adversarial_reward
         # values are computed once here (and kept: the clipped value loss needs them), so the estimator reads them
         # instead of holding the critic
         self.gae = GAE(gamma=gamma, lmbda=lmbda, value_network=None)
@@ -172,7 +169,7 @@ class TrainingBatch:
         rollout_state_values(self.loss.critic_network, data, keys.value)
         reward = data.get(("next", keys.reward))
         if self.adversarial_reward is not None:  # the on-policy targets with CPO's bonus; the relabelled rows' without
-            bonus, self.diagnostics = self.adversarial_reward(data)
+            bonus, _ = self.adversarial_reward(data)
             data.set(("next", keys.reward), reward + bonus)
         self.gae(data)
         if self.critic_target == "n_step":

@@ -136,7 +136,8 @@ class Runner:
         batch = self.prepare(data)
         self._mark("targets")
         losses = self.update.learn(batch, data, self.iteration)
-        losses.update(self.update.make_batch.diagnostics)
+        if self.update.adversarial_reward is not None:  # CPO's discriminator, on this iteration's rollout
+            losses.update(self.update.adversarial_reward.diagnostics)
         metrics = self._iteration_metrics(losses)
         self._mark("update")
         return metrics
@@ -221,7 +222,7 @@ class Runner:
         :class:`~sapg_torchrl.training.StateReservoir`), the env's state where it is in the collector's
         tensordict (:attr:`env_state_in_tensordict`) and :attr:`extra_state`."""
         update, aggregator = self.update, self.update.aggregator
-        adversarial = update.make_batch.adversarial_reward
+        adversarial = update.adversarial_reward
         carrier = self.collector._carrier  # the collector's current env tensordict
         return {
             "loss": update.loss.state_dict(),
@@ -263,7 +264,7 @@ class Runner:
             if hook_state is not None:
                 hook.load_state_dict(hook_state)
         if state.get("adversarial_reward") is not None:  # absent from checkpoints written before CPO
-            update.make_batch.adversarial_reward.load_state_dict(state["adversarial_reward"])
+            update.adversarial_reward.load_state_dict(state["adversarial_reward"])
         if state["env"] is not None and self.env_state_in_tensordict:
             carrier = self.collector._carrier
             carrier.update(state["env"].to(carrier.device) if carrier.device is not None else state["env"])

@@ -95,6 +95,7 @@ class PPOUpdate:
 
     Attributes:
         optimizer_steps (int): the minibatch steps taken so far (a host counter: no device read).
+        adversarial_reward (AdversarialReward or None): CPO's discriminator, as given.
 
     Examples:
         >>> from sapg_torchrl import BlockLayout, SAPGLoss, make_actor_critic
@@ -135,6 +136,7 @@ class PPOUpdate:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.minibatch_size = ppo.minibatch_size or 4 * layout.num_envs
+        self.adversarial_reward = adversarial_reward
         self.make_batch = TrainingBatch(
             loss, layout, aggregator=aggregator, gamma=ppo.gamma, lmbda=ppo.lmbda, critic_target=ppo.critic_target,
             n_step=ppo.n_step, advantage_norm=advantage_norm, value_norm=value_norm,
