@@ -17,7 +17,7 @@ from tensordict.utils import NestedKey
 from torch import distributions as d
 
 from sapg_torchrl.errors import ConfigError
-from sapg_torchrl.loss import SAPGLoss, _masked_max, _masked_mean, _row_flag
+from sapg_torchrl.loss import SAPGLoss, _masked_max, _masked_mean, _per_block_mean, _row_flag
 
 __all__ = ["CPOLoss"]
 
@@ -149,7 +149,7 @@ class CPOLoss(SAPGLoss):
         device = tensordict.get(self.tensor_keys.sample_log_prob).device  # a batch's own device may be None
         return _row_flag(tensordict, self.tensor_keys.awac, self.default_keys.awac, tuple(rows), device)
 
-    def _counted_rows(self, tensordict, rows):
+    def _counted_rows(self, tensordict, rows):  # every row but the awac ones
         return ~self._awac_rows(tensordict, rows)
 
     def _current_log_prob(self, tensordict: TensorDictBase, log_weight: torch.Tensor) -> torch.Tensor:
@@ -165,18 +165,14 @@ class CPOLoss(SAPGLoss):
             leader_log_prob, leader, _ = self._get_cur_log_prob(inputs)
             own = d.Normal(dist.mean.detach(), dist.stddev.detach())
             kl = d.kl_divergence(own, d.Normal(leader.mean, leader.stddev)).sum(-1)
-            ids, weight = block_id.reshape(-1), on_policy.reshape(-1).to(kl.dtype)
-            zeros = torch.zeros(self.num_blocks, device=kl.device)
-            total = zeros.index_add(0, ids, kl.reshape(-1) * weight)
-            count = zeros.index_add(0, ids, weight)
-            per_block = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+            per_block = _per_block_mean(kl, block_id, self.num_blocks, on_policy.to(kl.dtype))
         follower = on_policy & (block_id != self.leader).reshape(on_policy.shape)
         log_prob = self._current_log_prob(tensordict, log_weight)
         shaped = advantage - self.kl_coef * (log_prob - leader_log_prob.reshape(log_prob.shape))
         return torch.where(follower, shaped, advantage), {"follower_leader_kl": per_block}
 
-    def _extra_losses(self, tensordict, advantage, log_weight):
-        awac = self._awac_rows(tensordict, advantage.shape[:-1])
+    def _extra_losses(self, tensordict, advantage, log_weight, counted):
+        awac = ~counted
         with torch.no_grad():
             raw = torch.exp(advantage / self.awac_lambda)
             weight = raw.clamp(max=self.awac_max)

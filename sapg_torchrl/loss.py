@@ -49,6 +49,17 @@ def _masked_means(values: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
+def _per_block_mean(values: torch.Tensor, block_id: torch.Tensor, num_blocks: int, weights=None) -> torch.Tensor:
+    """``[num_blocks]``: the mean of ``values`` over each block's rows (weighted by ``weights`` if given), NaN for a
+    block without rows."""
+    ids, values = block_id.reshape(-1), values.reshape(-1)
+    zeros = torch.zeros(num_blocks, device=values.device)
+    ones = torch.ones_like(values) if weights is None else weights.reshape(-1)
+    total = zeros.index_add(0, ids, values if weights is None else values * ones)
+    count = zeros.index_add(0, ids, ones)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
 def _mean_over(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``x.mean()``, or its mean over ``mask`` where one is given."""
     return x.mean() if mask is None else _masked_mean(x, mask)
@@ -415,8 +426,11 @@ class SAPGLoss(ClipPPOLoss):
         """The advantage the clipped objective multiplies, per row, and the diagnostics that come with it."""
         return advantage, {}
 
-    def _extra_losses(self, tensordict: TensorDictBase, advantage: torch.Tensor, log_weight: torch.Tensor) -> dict:
-        """Further ``loss_*`` terms per row (reduced like the others) and their diagnostics."""
+    def _extra_losses(
+        self, tensordict: TensorDictBase, advantage: torch.Tensor, log_weight: torch.Tensor, counted
+    ) -> dict:
+        """Further ``loss_*`` terms per row (reduced like the others) and their diagnostics; ``counted`` is
+        :meth:`_counted_rows`'s."""
         return {}
 
     @dispatch
@@ -469,7 +483,7 @@ class SAPGLoss(ClipPPOLoss):
             weight = weight * counted
         entropy = self._get_entropy(dist, adv_shape=rows)
         td_out = TensorDict(loss_objective=-weight * gain)
-        td_out.update(self._extra_losses(tensordict, advantage, log_weight))
+        td_out.update(self._extra_losses(tensordict, advantage, log_weight, counted))
         if self._bounds_loss:
             excess = (dist.mean.abs() - self.action_bound).clamp_min(0).pow(2).sum(-1, keepdim=True)
             td_out.set("loss_bounds", weight * self.bounds_loss_coeff * excess)
@@ -495,13 +509,8 @@ class SAPGLoss(ClipPPOLoss):
             entropy = entropy.detach()
             td_out.set("entropy", _mean_over(entropy, counted))
             if self.num_blocks is not None:
-                ids = block_id.reshape(-1)
-                zeros = torch.zeros(self.num_blocks, device=entropy.device)
-                weights = torch.ones_like(entropy) if counted is None else counted.to(entropy.dtype).expand_as(entropy)
-                total = zeros.index_add(0, ids, (entropy if counted is None else entropy * weights).reshape(-1))
-                count = zeros.index_add(0, ids, weights.reshape(-1))
-                mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-                td_out.set("entropy_per_block", mean)
+                weights = None if counted is None else counted.to(entropy.dtype).expand_as(entropy)
+                td_out.set("entropy_per_block", _per_block_mean(entropy, block_id, self.num_blocks, weights))
             ratio = log_behav_weight.detach().exp()
             clipped = clipped.float()
             # the means over the on-policy or the relabelled rows, in one pass (the numbers of one at a time)
