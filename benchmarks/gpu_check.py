@@ -140,6 +140,26 @@ def run_throughput(args: argparse.Namespace, env: str, out: str | None) -> None:
     throughput.main(argv)
 
 
+def device_or_size_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--num-envs`` or ``--device`` here, in one line (``None``: nothing)."""
+    if args.num_envs < 6 or args.num_envs % 6:
+        return f"--num-envs={args.num_envs} is not accepted: a positive multiple of 6 (sapg's blocks)"
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        return f"--device={args.device} is not accepted here: cpu (to try it for size), or cuda on a GPU machine"
+    return None
+
+
+def exit_or_start(problem: str | None, args: argparse.Namespace) -> str:
+    """Exits with status 2 and one line where ``problem`` says what is wrong; else applies ``--threads`` and returns
+    the device's name."""
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (to try it for size)")
@@ -150,20 +170,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     p.add_argument("--out", default=None, help="a folder for the throughput tables")
     args = p.parse_args(argv)
-    problem = None
-    if args.num_envs < 6 or args.num_envs % 6:
-        problem = f"--num-envs={args.num_envs} is not accepted: a positive multiple of 6 (sapg's blocks)"
-    elif args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
-        problem = f"--device={args.device} is not accepted here: cpu (to try it for size), or cuda on a GPU machine"
+    problem = device_or_size_problem(args)
     for name in ("rounds", "iters", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             problem = f"--{name}={getattr(args, name)} is not accepted: an integer >= 1"
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    name = exit_or_start(problem, args)
     print(f"torch {torch.__version__}, device {args.device} ({name}), N={args.num_envs}", flush=True)
     out = Path(args.out) if args.out else None
     if out:

@@ -26,6 +26,7 @@ RUNS = {
     "compute_floor.py": ["--num-envs", "12", "--rounds", "1", "--iters", "1"],
     "scaling_n.py": ["--num-envs", "12,24", "--rounds", "1", "--iters", "1", "--warmup", "0"],
     "gpu_check.py": ["--device", "cpu", "--num-envs", "12", "--rounds", "1", "--iters", "1", "--no-brax"],
+    "gpu_playground.py": ["--device", "cpu", "--num-envs", "12", "--seconds", "1", "--horizon", "4"],  # minutes: JAX compiles LEAP
 }
 PRINTS = {
     "throughput.py": ["| sapg ", "| stock ", "evaluation (sapg)", "% of training time"],
@@ -33,12 +34,15 @@ PRINTS = {
     "scaling_n.py": ["| 12 |", "| 24 |", "s/iter per 1000 envs"],
     "gpu_check.py": ["env=TorchPendulumEnv", "| sapg ", "| no_split ", "| stock ", "cuda graphs: skipped",
                      "host sync and CUDA-graph checks: passed"],
+    "gpu_playground.py": ["| sapg | 12 |", "| no_split | 12 |", "JAX"],
 }
 
 
 @pytest.mark.slow  # 15-40 s each on 2 cores (throughput.py builds four trainers and evaluates three times)
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_benchmark_runs(script):
+    if script == "gpu_playground.py":
+        pytest.importorskip("mujoco_playground", reason="pip install -e '.[playground]'")
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--threads", "1", *RUNS[script]],
                           capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -57,6 +61,8 @@ def test_benchmark_runs(script):
     ("gpu_check.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
     ("gpu_check.py", ["--device", "cuda:0"], "--device=cuda:0 is not accepted here: cpu (to try it for size), or cuda"),
     ("gpu_check.py", ["--device", "cpu", "--iters", "0"], "--iters=0 is not accepted: an integer >= 1"),
+    ("gpu_playground.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
+    ("gpu_playground.py", ["--device", "cpu", "--seconds", "0"], "--seconds=0.0 is not accepted: a number > 0"),
     ("op_count.py", ["--num-envs", "100"], "--num-envs=100 is not accepted: a positive multiple of 6"),
     ("conformance/torchrl_ppo_tests.py", ["--torchrl", "/nonexistent", "--out", "/tmp/x"],
      "--torchrl /nonexistent at --commit HEAD has no test/objectives/test_ppo.py: give a clone of pytorch/rl"),

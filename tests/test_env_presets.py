@@ -32,6 +32,7 @@ CPU_PRESETS = {  # preset: (envpool or Brax task, or the env class, observation 
     "adroit_pen": ("AdroitHandPen-v1", 45, 24),
     "hand_block_rotate": ("HandManipulateBlockRotateZ-v1", 75, 20),
     "leap_cube_reorient": ("LeapCubeReorient-v1", 57, 16),  # + privileged_state (128) for its asymmetric critic
+    "playground_leap_cube_reorient": ("LeapCubeReorient", 57, 16),  # the same, on MJX (JAX)
 }
 EPISODE_LENGTH = {"adroit_pen": 200, "hand_block_rotate": 100, "torch_pendulum": 200}  # the others: 1000
 GPU_PRESETS = {  # preset: (what the error must name, T, epochs, lr, clip, hidden, entropy scale)
@@ -65,9 +66,10 @@ def test_cpu_preset_settings(compose_cfg, preset):
     assert cfg.network.activation == "elu" and cfg.total_frames > 0
 
 
-# Brax compiles its env first (about a minute on 2 cores): its preset runs in the slow suite, tests/test_brax.py
-# checks the env itself in the default one
-CPU_PRESETS_TO_RUN = [pytest.param(p, marks=pytest.mark.slow) if p == "brax_ant" else p for p in sorted(CPU_PRESETS)]
+# JAX compiles the env first (Brax ant: about a minute on 2 cores; Playground's LEAP: minutes): these presets run in
+# the slow suite; tests/test_brax.py checks Brax's env in the default one, tests/test_playground.py Playground's
+JAX_PRESETS = {"brax_ant", "playground_leap_cube_reorient"}
+CPU_PRESETS_TO_RUN = [pytest.param(p, marks=pytest.mark.slow) if p in JAX_PRESETS else p for p in sorted(CPU_PRESETS)]
 
 
 @pytest.mark.parametrize("preset", CPU_PRESETS_TO_RUN)
@@ -86,7 +88,7 @@ def test_cpu_preset_steps_with_block_ids(compose_cfg, tmp_path, preset):
     assert data["next", "reward"].shape == (12, 4, 1) and data["next", "done"].shape == (12, 4, 1)
     assert (data["block_id"] == BlockLayout(12, 6).block_ids()[:, None]).all()
     assert torch.isfinite(data["next", "reward"]).all()
-    if preset == "leap_cube_reorient":  # the asymmetric critic's privileged input, in float32 beside the observation
+    if CPU_PRESETS[preset][0].startswith("LeapCubeReorient"):  # the asymmetric critic's privileged input, in float32 beside the observation
         assert data["privileged_state"].shape == (12, 4, 128) and data["privileged_state"].dtype == torch.float32
 
 

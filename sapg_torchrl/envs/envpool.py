@@ -41,6 +41,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, MultiThreadedEnv
 
+from sapg_torchrl.envs.observation_keys import ObservationKeys
+
 __all__ = ["EnvpoolEnv"]
 
 
@@ -84,15 +86,7 @@ class EnvpoolEnv(MultiThreadedEnv):
         privileged_observation_keys: list[str] | None = None,
         **kwargs,
     ):
-        self._observation_keys = None if observation_keys is None else list(observation_keys)
-        self._privileged_keys = list(privileged_observation_keys or [])
-        if self._privileged_keys and self._observation_keys is None:
-            from sapg_torchrl.errors import ConfigError
-
-            raise ConfigError(
-                f"privileged_observation_keys={self._privileged_keys} is not accepted without observation_keys: name "
-                "the entries that make the policy's observation"
-            )
+        self._keys = ObservationKeys(observation_keys, privileged_observation_keys)
         create_env_kwargs = dict(create_env_kwargs or {})
         create_env_kwargs.setdefault("seed", seed)
         create_env_kwargs.setdefault("num_threads", num_threads)
@@ -145,27 +139,14 @@ class EnvpoolEnv(MultiThreadedEnv):
         return out
 
     def _flatten_spec(self, spec: Composite) -> Composite:
-        if self._observation_keys is None:
+        if not self._keys.selects:
             return spec
         # the task's own entries (TorchRL's spec conversion renames some, e.g. "state" -> "observation")
-        space = self._env.observation_space
-        named = (("observation_keys", self._observation_keys), ("privileged_observation_keys", self._privileged_keys))
-        for name, keys in named:
-            missing = [key for key in keys if key not in getattr(space, "spaces", {})]
-            if missing:
-                from sapg_torchrl.errors import ConfigError
-
-                raise ConfigError(
-                    f"{name}={keys} names {missing}, which the task does not have; "
-                    f"its observations are {sorted(getattr(space, 'spaces', {}))}"
-                )
-
-        def flat(keys):
-            dtype = torch.as_tensor(np.zeros(0, dtype=space[keys[0]].dtype)).dtype
-            width = sum(space[key].shape[-1] for key in keys)
-            return Unbounded(shape=(*self.batch_size, width), dtype=dtype, device=self.device)
-
-        entries = {"observation": flat(self._observation_keys), **{key: flat([key]) for key in self._privileged_keys}}
+        space = self._env.observation_space.spaces
+        self._keys.check(space)
+        dtype = torch.as_tensor(np.zeros(0, dtype=space[self._keys.observation_keys[0]].dtype)).dtype
+        widths = self._keys.widths({key: entry.shape[-1] for key, entry in space.items()})
+        entries = {key: Unbounded(shape=(*self.batch_size, w), dtype=dtype, device=self.device) for key, w in widths.items()}
         return Composite(entries, shape=self.batch_size, device=self.device)
 
     def _treevalue_or_numpy_to_tensor_or_dict(self, obs) -> dict[str, torch.Tensor]:
@@ -173,9 +154,8 @@ class EnvpoolEnv(MultiThreadedEnv):
         # (the base class expects the ``treevalue`` package, which envpool 1.2 no longer uses).
         if not isinstance(obs, dict):
             return {"observation": torch.as_tensor(obs)}
-        if self._observation_keys is not None:
-            flat = torch.cat([torch.as_tensor(obs[key]) for key in self._observation_keys], -1)
-            return {"observation": flat, **{key: torch.as_tensor(obs[key]) for key in self._privileged_keys}}
+        if self._keys.selects:
+            return self._keys.select(obs)
         return {key: torch.as_tensor(value) for key, value in obs.items()}
 
     # 3. [N, 1] reward and done ----------------------------------------------------------------------
