@@ -31,17 +31,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tensordict import NestedKey
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, TensorDictModuleBase, TensorDictSequential
 from torch import nn
 from torchrl.modules import IndependentNormal, LSTMModule, ProbabilisticActor
 from torchrl.modules.value_norm import ValueNorm
 
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.nn import (
-    Blockwise, BlockLogStd, Concatenate, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, mlp,
+    Blockwise, BlockLogStd, Concatenate, ConditionedMLP, Denormalize, ReuseIfPresent, Standardize, has_memory, mlp,
 )  # fmt: skip
 
-__all__ = ["make_actor_critic"]
+__all__ = ["make_actor_critic", "rollout_policy"]
 
 
 class _Unconditioned(nn.Module):
@@ -231,3 +231,35 @@ def make_actor_critic(
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
     return actor, critic
+
+
+def rollout_policy(actor: ProbabilisticActor, critic: TensorDictModuleBase) -> TensorDictModuleBase | None:
+    """The policy a collector runs to get, beside the actor's action, the critic's value of every state it acts in,
+    for the price of the value head, where :func:`make_actor_critic`'s actor and critic share their trunk
+    (``shared_trunk``, no memory): the trunk runs once per step for both, and the targets need no pass of the critic
+    over the rollout's states (:func:`~sapg_torchrl.targets.rollout_state_values`' ``values_in_data``), as rl_games
+    takes the values from its action pass. The same modules and parameters, the same action draws as ``actor``; the
+    trunk's output stays inside (``None`` where the critic has its own trunk or there is a memory).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> actor, critic = make_actor_critic(3, 2, num_blocks=2, hidden=(8,))
+        >>> policy = rollout_policy(actor, critic)
+        >>> td = TensorDict(observation=torch.randn(4, 3), block_id=torch.tensor([0, 0, 1, 1]), batch_size=[4])
+        >>> out = policy(td.clone())
+        >>> sorted(out.keys())
+        ['action', 'action_log_prob', 'block_id', 'loc', 'observation', 'scale', 'state_value']
+        >>> torch.equal(out["state_value"], critic(td.clone())["state_value"])
+        True
+        >>> rollout_policy(*make_actor_critic(3, 2, num_blocks=2, hidden=(8,), shared_trunk=False)) is None
+        True
+    """
+    body, sample = actor.module[0], actor.module[-1]
+    trunk = body.module[0]
+    critic_trunk = critic.module[0] if isinstance(critic, TensorDictSequential) else None
+    if has_memory(actor) or not isinstance(trunk, ReuseIfPresent) or critic_trunk is not trunk:
+        return None
+    keeping = TensorDictSequential(*body.module, selected_out_keys=[*body.out_keys, *trunk.out_keys])
+    acting = ProbabilisticTensorDictSequential(keeping, sample)
+    return TensorDictSequential(acting, critic, selected_out_keys=[*actor.out_keys, *critic.out_keys])

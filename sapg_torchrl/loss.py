@@ -53,10 +53,9 @@ def _per_block_mean(values: torch.Tensor, block_id: torch.Tensor, num_blocks: in
     """``[num_blocks]``: the mean of ``values`` over each block's rows (weighted by ``weights`` if given), NaN for a
     block without rows."""
     ids, values = block_id.reshape(-1), values.reshape(-1)
+    weights = torch.ones_like(values) if weights is None else weights.reshape(-1)
     zeros = torch.zeros(num_blocks, device=values.device)
-    ones = torch.ones_like(values) if weights is None else weights.reshape(-1)
-    total = zeros.index_add(0, ids, values if weights is None else values * ones)
-    count = zeros.index_add(0, ids, ones)
+    total, count = zeros.index_add(0, ids, values * weights), zeros.index_add(0, ids, weights)
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 

@@ -16,13 +16,14 @@ from torch import nn
 from tensordict import NestedKey, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch.func import functional_call, stack_module_state
+from torchrl.modules import GRUModule, LSTMModule
 from torchrl.modules.value_norm import RunningValueNorm
 
 from sapg_torchrl.errors import ConfigError
 
 __all__ = [
     "ACTIVATIONS", "mlp", "ConditionedMLP", "BlockLogStd", "Blockwise", "Concatenate", "Standardize", "Denormalize",
-    "ClippedValueNorm", "ReuseIfPresent", "block_id_key", "num_blocks_of",
+    "ClippedValueNorm", "ReuseIfPresent", "block_id_key", "has_memory", "num_blocks_of",
 ]  # fmt: skip
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -240,6 +241,20 @@ class ReuseIfPresent(TensorDictModuleBase):
         if all(key in keys for key in self.out_keys):
             return tensordict
         return self.module(tensordict)
+
+
+def has_memory(network: nn.Module) -> bool:
+    """Whether ``network`` holds a TorchRL recurrent module (``LSTMModule``, ``GRUModule``): its outputs then depend on
+    a hidden state carried from step to step, not on the step's inputs alone.
+
+    Examples:
+        >>> from sapg_torchrl import make_actor_critic
+        >>> has_memory(make_actor_critic(3, 2, num_blocks=2, hidden=(8,))[0])
+        False
+        >>> has_memory(make_actor_critic(3, 2, num_blocks=2, hidden=(8,), lstm_size=4)[0])
+        True
+    """
+    return any(isinstance(module, (LSTMModule, GRUModule)) for module in network.modules())
 
 
 def block_id_key(network: nn.Module) -> NestedKey | None:

@@ -9,6 +9,8 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.modules import set_recurrent_mode
 
+from sapg_torchrl.nn import has_memory
+
 __all__ = [
     "ADVANTAGE_NORMS", "CRITIC_TARGETS", "fill_lost_final_observations", "n_step_return", "rollout_state_values",
     "standardize_advantage",
@@ -44,29 +46,59 @@ def fill_lost_final_observations(data: TensorDictBase, keys=("observation",)) ->
 
 
 @torch.no_grad()
-def rollout_state_values(critic, data: TensorDictBase, value_key="state_value") -> TensorDictBase:
+def rollout_state_values(
+    critic, data: TensorDictBase, value_key="state_value", values_in_data: bool = False
+) -> TensorDictBase:
     """Writes ``V(s_t)`` into ``data`` and ``V(s_{t+1})`` into ``data["next"]``, for a ``[N, T]`` rollout.
 
-    A feedforward critic is simply called on both. A recurrent one (a TorchRL ``LSTMModule`` inside) gets
-    ``V(s_t)`` over each env's sequence, from its hidden state stored at ``t = 0`` and reset where
-    ``is_init`` is set, as the loss will evaluate it, and ``V(s_{t+1})`` one step on from the hidden state
-    stored after step ``t``. The critic reads copies: TorchRL's recurrent mode writes placeholders over the
+    A feedforward critic runs once over the rollout's states (not at all with ``values_in_data``: the values the
+    collector's policy wrote, :func:`~sapg_torchrl.actor_critic.rollout_policy`), and ``V(s_{t+1})`` is the next step's ``V(s_t)``
+    wherever the critic's inputs at ``("next", t)`` are those at ``t + 1`` (in a collected rollout: wherever the
+    episode goes on); the critic runs again only on the other rows (true final states, the last step) on a CPU, or
+    on every next state on another device (gathering rows would wait on the host there). A recurrent one (a TorchRL
+    ``LSTMModule`` inside) gets ``V(s_t)`` over each env's sequence, from its hidden state stored at ``t = 0`` and
+    reset where ``is_init`` is set, as the loss will evaluate it, and ``V(s_{t+1})`` one step on from the hidden
+    state stored after step ``t``. The critic reads copies: TorchRL's recurrent mode writes placeholders over the
     stored next hidden states.
 
     Examples:
         >>> from tensordict import TensorDict
         >>> from tensordict.nn import TensorDictModule
         >>> critic = TensorDictModule(torch.nn.Linear(2, 1), in_keys=["observation"], out_keys=["state_value"])
-        >>> data = TensorDict(observation=torch.randn(3, 4, 2), next=TensorDict(observation=torch.randn(3, 4, 2),
-        ...     batch_size=[3, 4]), batch_size=[3, 4])
-        >>> rollout_state_values(critic, data)["next", "state_value"].shape
-        torch.Size([3, 4, 1])
+        >>> states = torch.randn(3, 5, 2)
+        >>> following = states[:, 1:].clone()
+        >>> following[0, 1] += 1  # env 0's episode ended at t = 1: its next state is not the state of t = 2
+        >>> data = TensorDict(observation=states[:, :4], next=TensorDict(observation=following, batch_size=[3, 4]),
+        ...     batch_size=[3, 4])
+        >>> values = rollout_state_values(critic, data)
+        >>> torch.allclose(values["next", "state_value"], critic(data["next"].clone())["state_value"])
+        True
     """
     following = data.get("next")
-    with set_recurrent_mode(False):
-        following.set(value_key, critic(following.select(*critic.in_keys, strict=False)).get(value_key))
-    with set_recurrent_mode(True):
-        data.set(value_key, critic(data.select(*critic.in_keys, strict=False)).get(value_key))
+    if has_memory(critic):
+        with set_recurrent_mode(False):
+            following.set(value_key, critic(following.select(*critic.in_keys, strict=False)).get(value_key))
+        with set_recurrent_mode(True):
+            data.set(value_key, critic(data.select(*critic.in_keys, strict=False)).get(value_key))
+        return data
+    inputs, next_inputs = data.select(*critic.in_keys, strict=False), following.select(*critic.in_keys, strict=False)
+    value = data.get(value_key) if values_in_data else critic(inputs.clone(False)).get(value_key)
+    data.set(value_key, value)
+    # the rows whose next inputs are not the following step's inputs (and the last step's)
+    fresh = torch.ones(data.shape, dtype=torch.bool, device=value.device)
+    fresh[..., :-1] = False
+    later, now = next_inputs[..., :-1], inputs[..., 1:]
+    for key in later.keys(True, True):
+        differs = later.get(key) != now.get(key)
+        fresh[..., :-1] |= differs.reshape(*later.shape, -1).any(-1)
+    next_value = torch.cat([value[..., 1:, :], value[..., -1:, :]], -2)
+    if value.device.type != "cpu":
+        computed = critic(next_inputs.clone(False)).get(value_key)
+        following.set(value_key, torch.where(fresh.unsqueeze(-1), computed, next_value))
+        return data
+    rows = fresh.reshape(-1).nonzero().squeeze(-1)
+    next_value.reshape(-1, next_value.shape[-1])[rows] = critic(next_inputs.reshape(-1)[rows]).get(value_key)
+    following.set(value_key, next_value)
     return data
 
 

@@ -218,9 +218,9 @@ def test_runner_counts_frames_once(tiny_cfg, tmp_path, aggregation, K, extra_row
     batch_rows = []
     make_batch = runner.update.make_batch
 
-    def spy(data, final_observation_lost):
+    def spy(data, *args):
         assert data.shape == (N, cfg.ppo.horizon)
-        batch = make_batch(data, final_observation_lost)
+        batch = make_batch(data, *args)
         batch_rows.append((batch.numel(), int(batch["relabelled"].sum())))
         # advantages standardised once over the whole augmented batch (code)
         advantage = batch["advantage"]

@@ -1,9 +1,38 @@
-"""n-step returns and advantage standardisation."""
+"""The rollout's state values (one critic pass, or none with the collector's values), n-step returns and advantage
+standardisation."""
 
 import pytest
 import torch
 
-from sapg_torchrl.targets import n_step_return, standardize_advantage
+from sapg_torchrl.targets import n_step_return, rollout_state_values, standardize_advantage
+
+POINT_MASS = (
+    "env.make._target_=point_mass.PointMassEnv", "~env.make.env_name", "~env.make.create_env_kwargs",
+    "+env.make.episode_length=3",  # episodes end inside the rollout: final states that are not a next step's
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("shared_trunk", [True, False])
+def test_rollout_values_are_the_critics_on_every_state(tiny_cfg, shared_trunk):
+    """On a collected rollout with episode ends, ``V(s_t)`` and ``V(s_{t+1})`` are what the critic gives on each
+    state and each next state (the true final state where an episode ended), whether ``V(s_t)`` comes from the
+    collector's policy (a shared trunk: rollout_policy) or from the critic's one pass over the rollout."""
+    from sapg_torchrl.app.build import build_runner
+
+    runner = build_runner(tiny_cfg(*POINT_MASS, f"network.shared_trunk={shared_trunk}", "train.eval_interval=0"))
+    try:
+        data = runner.collect()
+    finally:
+        runner.collector.shutdown()
+    assert runner.values_in_rollout == shared_trunk and ("state_value" in data.keys()) == shared_trunk
+    assert data["next", "done"].any() and not data["next", "done"].all()
+    critic = runner.update.critic
+    with torch.no_grad():
+        expected = critic(data.select(*critic.in_keys).clone())["state_value"]
+        expected_next = critic(data["next"].select(*critic.in_keys).clone())["state_value"]
+    rollout_state_values(critic, data, values_in_data=runner.values_in_rollout)
+    torch.testing.assert_close(data["state_value"], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(data["next", "state_value"], expected_next, rtol=1e-6, atol=1e-6)
 
 
 def brute_force_n_step(reward, next_value, done, terminated, gamma, n):

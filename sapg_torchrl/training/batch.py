@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.modules import GRUModule, LSTMModule
 from torchrl.modules.value_norm import ValueNorm
 from torchrl.objectives.value import GAE
 
@@ -18,6 +17,7 @@ from sapg_torchrl.aggregation import Aggregator
 from sapg_torchrl.blocks import BlockLayout
 from sapg_torchrl.errors import ConfigError
 from sapg_torchrl.loss import SAPGLoss
+from sapg_torchrl.nn import has_memory
 from sapg_torchrl.training.adversarial_reward import AdversarialReward
 from sapg_torchrl.targets import (
     ADVANTAGE_NORMS,
@@ -153,20 +153,24 @@ class TrainingBatch:
         # a recurrent policy learns from whole [T]-step sequences (minibatches of env sequences, the hidden
         # state recomputed from the one stored at their start); a feedforward one from shuffled rows
         networks = (loss.actor_network, loss.critic_network)
-        self.recurrent = any(isinstance(m, (LSTMModule, GRUModule)) for net in networks for m in net.modules())
+        self.recurrent = any(has_memory(net) for net in networks)
 
     @torch.no_grad()
-    def __call__(self, data: TensorDictBase, final_observation_lost: bool = False) -> TensorDictBase:
+    def __call__(
+        self, data: TensorDictBase, final_observation_lost: bool = False, values_in_data: bool = False
+    ) -> TensorDictBase:
         """The batch of ``data`` (``[N, T]``, written to in place: values, targets, flags).
 
         ``final_observation_lost``: the env resets inside its step (TorchRL's native auto-reset), leaving NaN where
-        an episode's final observation would be (:func:`~sapg_torchrl.targets.fill_lost_final_observations`)."""
+        an episode's final observation would be (:func:`~sapg_torchrl.targets.fill_lost_final_observations`).
+        ``values_in_data``: ``data`` holds ``V(s_t)``, written by the collector's policy
+        (:func:`~sapg_torchrl.actor_critic.rollout_policy`) with the critic as it is now."""
         keys = self.loss.tensor_keys
         self.layout.check_rollout(data.shape)
         if final_observation_lost:
             fill_lost_final_observations(data, self.observation_keys)
         # V(s_t) of every env under its own block, V(s_{t+1}) of the true final state where an episode ended
-        rollout_state_values(self.loss.critic_network, data, keys.value)
+        rollout_state_values(self.loss.critic_network, data, keys.value, values_in_data)
         reward = data.get(("next", keys.reward))
         if self.adversarial_reward is not None:  # the on-policy targets with CPO's bonus; the relabelled rows' without
             bonus, _ = self.adversarial_reward(data)

@@ -25,6 +25,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
+from sapg_torchrl.actor_critic import rollout_policy
 from sapg_torchrl.errors import ConfigError, Preempted
 from sapg_torchrl.training.checkpoint import save_checkpoint
 from sapg_torchrl.training.evaluation import BackgroundEvaluator, InlineEvaluator, at_episode_end
@@ -99,9 +100,12 @@ class Runner:
         ranks.broadcast_([*loss.parameters(), *loss.buffers()])
         if update.observation_norm is not None or update.critic_observation_norm is not None:
             update.update_observation_norms(env.reset().to(self.device))
+        # the critic's values from the action pass where actor and critic share their trunk
+        policy = rollout_policy(actor, update.critic)
+        self.values_in_rollout = policy is not None
         self.collector = Collector(
             env,
-            actor,
+            actor if policy is None else policy,
             frames_per_batch=self.local_frames_per_iteration,
             total_frames=self.iterations * self.local_frames_per_iteration,
             policy_device=self.device,
@@ -154,7 +158,7 @@ class Runner:
         self.iteration += 1
         self.frames += data.numel() * self.ranks.world_size
         self._track_episodes(data)
-        batch = self.update.make_batch(data, self.final_observation_lost)
+        batch = self.update.make_batch(data, self.final_observation_lost, self.values_in_rollout)
         for hook in self.hooks:
             hook(self, data)
         return batch
