@@ -1,6 +1,7 @@
 """What makes the study fair and faithful: equal optimizer steps, rl_games' minibatch partition, the released
 code's KL for the learning rate, a plain PPO network for no_split, the published LSTM."""
 
+import copy
 import math
 
 import pytest
@@ -215,19 +216,19 @@ def test_lstm_layer_norm_sits_on_the_lstm_output():
 
 
 # ------------------------------------------------------------------ the released code's update (issue 35)
-RELEASED_UPDATE = ("ppo.value_norm_update", "ppo.value_norm_clip", "ppo.observation_norm_update", "ppo.shuffle",
-                   "network.zero_bias")  # fmt: skip
+RELEASED_UPDATE = ("ppo.value_norm_update", "ppo.old_value_norm", "ppo.value_norm_clip", "ppo.observation_norm_update",
+                   "ppo.shuffle", "network.zero_bias")  # fmt: skip
 
 
 def test_code_fidelity_updates_as_the_released_code(compose_cfg):
     """fidelity=code sets rl_games' normalisers, shuffle and initialisation, and fidelity=paper keeps them (the
     paper is silent there); the schema's defaults (and so a run folder written before these keys existed) keep the
     library's earlier behaviour."""
-    released = ["values_and_targets", 5.0, "first_epoch", "once", True]
+    released = ["values_and_targets", "before_targets", 5.0, "first_epoch", "once", True]
     for fidelity in ("code", "paper"):
         assert [OmegaConf.select(compose_cfg(f"fidelity={fidelity}"), k) for k in RELEASED_UPDATE] == released
     defaults = OmegaConf.structured(SAPGConfig)
-    assert [OmegaConf.select(defaults, k) for k in RELEASED_UPDATE] == ["targets", None, "after_update", "every_epoch", False]
+    assert [OmegaConf.select(defaults, k) for k in RELEASED_UPDATE] == ["targets", "after_targets", None, "after_update", "every_epoch", False]
 
 
 def learn_one_iteration(cfg, record):
@@ -290,6 +291,41 @@ def test_value_norm_takes_in_values_then_targets(tiny_cfg):
         runner.collector.shutdown()
         batch = runner.prepare(data)
         assert float(runner.update.make_batch.value_norm.count) == factor * batch.shape[0]
+
+
+@pytest.mark.parametrize("update", ["values_and_targets", "targets"])
+@pytest.mark.parametrize("old_value_norm", ["before_targets", "after_targets"])
+def test_stored_values_normalise_as_before_the_targets(tiny_cfg, update, old_value_norm):
+    """rl_games' prepare_dataset normalises the stored values (the clipped value loss's centre) before the statistics
+    take in the targets: with ``before_targets`` the loss's normalisation (the statistics after the update) of the
+    batch's values gives what the statistics before the targets gave; with ``after_targets`` they are the critic's."""
+    runner = build_runner(tiny_cfg(f"ppo.value_norm_update={update}", f"ppo.old_value_norm={old_value_norm}",
+                                   "ppo.value_norm_clip=5", "train.eval_interval=0"))  # fmt: skip
+    data = next(iter(runner.collector))
+    runner.collector.shutdown()
+    norm = runner.update.make_batch.value_norm
+    norm.update(torch.tensor([[0.0], [3.0]]))  # statistics that this batch's targets move
+    before, seen, update_norm = copy.deepcopy(norm), [], norm.update
+
+    def recording(values):
+        update_norm(values)
+        seen.append((values.clone(), norm.normalize(values)))  # the values (or targets), normalised right after them
+
+    norm.update = recording
+    batch = runner.prepare(data)
+    assert len(seen) == (2 if update == "values_and_targets" else 1)
+    on_policy = ~batch["relabelled"]
+    critic = data["state_value"].reshape(-1, 1)  # the on-policy rows come first, env-major
+    stored = batch["state_value"]
+    if old_value_norm == "after_targets":
+        torch.testing.assert_close(stored[on_policy], critic, atol=0, rtol=0)
+        return
+    if update == "values_and_targets":  # every row: normalised after the values, before the targets
+        expected, rows = seen[0][1], slice(None)
+    else:  # the statistics before this batch
+        expected, rows = before.normalize(critic), on_policy
+    torch.testing.assert_close(norm.normalize(stored[rows]), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(norm.normalize(stored[on_policy]), norm.normalize(critic), atol=1e-3)  # the centre moved
 
 
 def test_clipped_value_norm_bounds_the_critic_and_the_targets(tiny_cfg):

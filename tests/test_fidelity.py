@@ -105,6 +105,18 @@ def test_compare_reads_both_sides_by_one_measure(tmp_path):
     assert "Deterministic evaluation" in report and "| sapg | 3 | 11 [10, 12] (10-12) |" in report
 
 
+def test_compare_takes_one_method_from_a_root_and_merges_seeds_by_method(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / "a", "released", seed, [(100, 1.0)])
+        write_run(tmp_path / "a", "sapg", seed, [(100, 7.0)])  # left out: only a/released is given
+        write_run(tmp_path / "b", "released", seed + 2, [(100, 3.0)])
+        write_run(tmp_path / "c", "sapg", seed, [(100, 2.0)])
+    roots = [tmp_path / "a" / "released", tmp_path / "b" / "released", tmp_path / "c"]
+    _script("compare").main([*map(str, roots), "--out", str(tmp_path / "report"), "--points", "100"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| released | 4 | 2 [1, 3] (1-3) |" in report and "| sapg | 2 | 2 [2, 2] (2-2) |" in report
+
+
 def test_compare_without_runs_says_what_it_expects(tmp_path):
     with pytest.raises(SystemExit, match="no <method>/<task>/seed<k>/episodes.csv"):
         _script("compare").main([str(tmp_path), "--out", str(tmp_path / "report")])
@@ -130,3 +142,43 @@ def test_prepare_edits_the_expected_lines_and_refuses_other_code(tmp_path):
 def test_released_run_refuses_an_unprepared_folder(tmp_path):
     with pytest.raises(SystemExit, match="is not a prepared rl_games/ folder"):
         _script("released").main(["run", "--code", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_probe_of_ours_writes_one_row_per_optimizer_step(tmp_path):
+    out = tmp_path / "probe" / "ours.csv"
+    done = subprocess.run(
+        [sys.executable, str(FIDELITY / "probe.py"), "ours", "--frames", "600", "--out", str(out),
+         "env.num_envs=12", "network.hidden=[16]", "device=cpu"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    probe = _script("probe")
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == probe.COLUMNS and len(rows) == 4 * probe.STEPS_PER_ITERATION  # 4 iterations of 192 frames
+    assert all(0 <= float(r["value_clip"]) <= 1 and float(r["lr"]) > 0 and float(r["kl_on"]) >= 0 for r in rows)
+    assert [int(r["step"]) for r in rows] == list(range(len(rows)))
+    shown = subprocess.run([sys.executable, str(FIDELITY / "probe.py"), "show", str(out), str(out), "--every", "2"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0 and shown.stdout.count("\n| ") == 2  # iterations 0 and 2, two columns each
+    assert "| 0 | " in shown.stdout and "| 2 | " in shown.stdout and shown.stdout.count(str(out)) == 2
+
+
+def test_probe_edits_a_copy_of_the_prepared_code_and_refuses_other_code(tmp_path):
+    probe = _script("probe")
+    code = tmp_path / "prepared"
+    (code / "rl_games").mkdir(parents=True)
+    (code / "rl_games" / "torch_runner.py").write_text("")
+    for name, edits in probe.PROBE_EDITS.items():  # a stand-in holding exactly the lines the edits expect
+        path = code / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# head\n" + "".join(old for old, _ in edits) + "# tail\n")
+    target = probe.patched_copy(code, tmp_path / "copy")
+    for name, edits in probe.PROBE_EDITS.items():
+        assert (target / name).read_text() == "# head\n" + "".join(new for _, new in edits) + "# tail\n"
+        assert (code / name).read_text().startswith("# head\n" + edits[0][0])  # the prepared copy is untouched
+    assert (target / "rl_games" / "common" / "probe_log.py").is_file()
+    (code / "rl_games" / "common" / "a2c_common.py").write_text("something else\n")
+    with pytest.raises(SystemExit, match="does not hold the expected line"):
+        probe.patched_copy(code, tmp_path / "again")
+    with pytest.raises(SystemExit, match="is not a prepared rl_games/ folder"):
+        probe.patched_copy(tmp_path, tmp_path / "other")

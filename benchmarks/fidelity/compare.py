@@ -4,7 +4,8 @@
 
     python benchmarks/fidelity/compare.py <root> [<root> ...] --out docs/results/fidelity
 
-``<root>/<method>/<task>/seed<k>/episodes.csv`` (or ``.csv.gz``): every method and task found under the roots is read (a method's
+``<root>/<method>/<task>/seed<k>/episodes.csv`` (or ``.csv.gz``; a root may also be one method's folder,
+``<method>/<task>/seed<k>/``, to take that method alone): every method and task found under the roots is read (a method's
 cells stop where its shortest run ended: ``run.json``, else ``metrics.csv``, else its last episode). Writes
 ``<out>/report.md`` (per task and method: each frame point's IQM over seeds with its 95% stratified-bootstrap
 interval, rliable's, and the per-seed range; and, where the runs have the ``eval.json`` of ``evaluate.py``, the
@@ -55,8 +56,7 @@ def load(roots: list[Path]) -> dict:
     """``{task: {method: {seed: (frames, returns, end)}}}`` from every ``episodes.csv`` (or ``episodes.csv.gz``, as
     committed) under the ``roots``; ``end``: :func:`run_end`."""
     runs: dict = {}
-    for path in sorted(p for root in roots for name in ("episodes.csv", "episodes.csv.gz") for p in root.glob(f"*/*/seed*/{name}")):
-        method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
+    for method, task, seed, path in found(roots, ("episodes.csv", "episodes.csv.gz")):
         with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
             rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
         if rows:
@@ -69,11 +69,21 @@ def load(roots: list[Path]) -> dict:
 
 def evaluations(roots: list[Path]) -> dict:
     """``{task: {method: {seed: return}}}`` from every ``eval.json`` (``evaluate.py``) under the ``roots``."""
-    found: dict = {}
-    for path in sorted(p for root in roots for p in root.glob("*/*/seed*/eval.json")):
-        method, task, seed = path.parts[-4], path.parts[-3], int(path.parts[-2].removeprefix("seed"))
-        found.setdefault(task, {}).setdefault(method, {})[seed] = json.loads(path.read_text())["return"]
-    return found
+    scores: dict = {}
+    for method, task, seed, path in found(roots, ("eval.json",)):
+        scores.setdefault(task, {}).setdefault(method, {})[seed] = json.loads(path.read_text())["return"]
+    return scores
+
+
+def found(roots: list[Path], names: tuple[str, ...]):
+    """``(method, task, seed, path)`` of each file named one of ``names`` in ``<root>/<method>/<task>/seed<k>/``, or
+    in ``<root>/<task>/seed<k>/`` where the root is one method's folder (the method is then its name)."""
+    for root in roots:
+        for pattern, depth in (("*/*/seed*/", 4), ("*/seed*/", 3)):
+            for path in sorted(p for name in names for p in root.glob(pattern + name)):
+                parts = path.relative_to(root).parts
+                method = parts[0] if depth == 4 else root.name
+                yield method, parts[-3], int(parts[-2].removeprefix("seed")), path
 
 
 def interval(scores: np.ndarray, method: str) -> str:

@@ -28,7 +28,7 @@ from sapg_torchrl.targets import (
     standardize_advantage,
 )
 from sapg_torchrl.training.distributed import SINGLE, Ranks, update_running_norm
-from sapg_torchrl.training.settings import VALUE_NORM_UPDATES, PPOSettings
+from sapg_torchrl.training.settings import OLD_VALUE_NORMS, VALUE_NORM_UPDATES, PPOSettings
 
 __all__ = ["TrainingBatch"]
 
@@ -45,7 +45,9 @@ class TrainingBatch:
        ``relabelled`` (the on-policy rows get ``False``; with CPO's ``leader_to_followers``, ``awac`` likewise);
     3. standardises the advantages once over the whole batch (``advantage_norm="global"``, the released code),
        per block, or not at all;
-    4. updates ``value_norm`` with the batch's targets (first its values with ``value_norm_update="values_and_targets"``).
+    4. updates ``value_norm`` with the batch's targets (first its values with ``value_norm_update="values_and_targets"``);
+       with ``old_value_norm="before_targets"`` the stored values are rewritten so that the statistics after the
+       update normalise them to what the statistics before the targets gave (the released code's clip centre).
 
     It returns flat rows ``[(N + relabelled) * T]`` (or sequences ``[N + relabelled, T]`` when a network is recurrent),
     holding what the loss reads (its ``in_keys`` and ``tensor_keys``). Keys are the loss's (:meth:`SAPGLoss.set_keys`).
@@ -63,6 +65,8 @@ class TrainingBatch:
         advantage_norm (str): ``"global"`` (default), ``"per_block"`` or ``"none"``.
         value_norm (ValueNorm, optional): the critic's value normaliser, updated here once per call.
         value_norm_update (str): ``"targets"`` (default) or ``"values_and_targets"`` (the released code).
+        old_value_norm (str): the statistics the stored values (the clipped value loss's centre) are normalised
+            with: ``"after_targets"`` (default) or ``"before_targets"`` (the released code).
         observation_keys (list of NestedKey): the observation entries the networks read (for episodes whose final
             observation the env lost, see ``final_observation_lost``). Defaults to ``["observation"]``.
         ranks (Ranks): the processes of a data-parallel run: the standardisation and the normaliser are global.
@@ -104,6 +108,7 @@ class TrainingBatch:
         advantage_norm: str = "global",
         value_norm: ValueNorm | None = None,
         value_norm_update: str = PPOSettings.value_norm_update,
+        old_value_norm: str = PPOSettings.old_value_norm,
         observation_keys: list | None = None,
         ranks: Ranks = SINGLE,
         adversarial_reward: AdversarialReward | None = None,
@@ -112,6 +117,7 @@ class TrainingBatch:
             ("advantage_norm", advantage_norm, ADVANTAGE_NORMS),
             ("critic_target", critic_target, CRITIC_TARGETS),
             ("value_norm_update", value_norm_update, VALUE_NORM_UPDATES),
+            ("old_value_norm", old_value_norm, OLD_VALUE_NORMS),
         ):
             if value not in accepted:
                 raise ConfigError(f"{name}={value!r} is not accepted: use one of {list(accepted)}")
@@ -134,6 +140,7 @@ class TrainingBatch:
         self.loss, self.layout, self.aggregator = loss, layout, aggregator
         self.critic_target, self.n_step, self.gamma = critic_target, n_step, gamma
         self.advantage_norm, self.value_norm, self.value_norm_update = advantage_norm, value_norm, value_norm_update
+        self.old_value_norm = old_value_norm
         self.observation_keys = list(observation_keys or ["observation"])
         self.ranks = ranks
         self.adversarial_reward = adversarial_reward
@@ -210,7 +217,11 @@ class TrainingBatch:
                 ),
             )
         if self.value_norm is not None:
+            values = batch.get(keys.value)
             if self.value_norm_update == "values_and_targets":
-                update_running_norm(self.value_norm, batch.get(keys.value), self.ranks)
+                update_running_norm(self.value_norm, values, self.ranks)
+            before = self.value_norm.normalize(values) if self.old_value_norm == "before_targets" else None
             update_running_norm(self.value_norm, batch.get(keys.value_target), self.ranks)
+            if before is not None:  # the loss normalises the stored values with the statistics as they are now
+                batch.set(keys.value, self.value_norm.denormalize(before))
         return batch

@@ -33,7 +33,7 @@ from sapg_torchrl.training.distributed import BACKENDS
 
 __all__ = [
     "COUNT", "NATURAL", "NON_NEGATIVE", "OBSERVATION_NORM_UPDATES", "POSITIVE", "PRECISIONS", "SHUFFLES", "UNIT",
-    "VALUE_NORM_UPDATES", "Either",
+    "VALUE_NORM_UPDATES", "OLD_VALUE_NORMS", "Either",
     "ListOf", "Matches", "Number", "OneOf", "PPOSettings", "TrainSettings", "accepted_text", "check", "field_type",
     "fields_of", "setting",
 ]  # fmt: skip
@@ -43,6 +43,9 @@ OBSERVATION_NORM_UPDATES = ("after_update", "first_epoch")
 """When the observation normaliser takes in an iteration's data: once after the update, from the rollout, or before
 each minibatch of the first epoch, from its rows (rl_games: its normaliser is in training mode then)."""
 VALUE_NORM_UPDATES = ("targets", "values_and_targets")
+OLD_VALUE_NORMS = ("after_targets", "before_targets")
+"""The statistics the stored values (the clipped value loss's centre) are normalised with: those that took in the
+batch's targets too, or those before the targets (the released code)."""
 """What the value normaliser takes in each iteration: the value targets, or the batch's values and then its targets
 (rl_games' ``prepare_dataset``)."""
 SHUFFLES = ("every_epoch", "once")
@@ -204,6 +207,14 @@ class PPOSettings:
         "what the value normaliser takes in each iteration: ``targets`` | ``values_and_targets`` (code: the batch's "
         "values, then its targets, as rl_games' ``prepare_dataset``)",
         OneOf(*VALUE_NORM_UPDATES),
+    )
+    old_value_norm: str = setting(
+        "after_targets",
+        "the statistics the stored values (the centre of the clipped value loss) are normalised with: "
+        "``after_targets`` (those the targets are normalised with) | ``before_targets`` (code: rl_games' "
+        "``prepare_dataset`` normalises the values before the statistics take in the targets, so the centre stays at "
+        "the critic's output as the statistics drift; otherwise the drift eats the clip range)",
+        OneOf(*OLD_VALUE_NORMS),
     )
     value_norm_clip: Optional[float] = setting(
         None,

@@ -140,8 +140,8 @@ class PPOUpdate:
         self.make_batch = TrainingBatch(
             loss, layout, aggregator=aggregator, gamma=ppo.gamma, lmbda=ppo.lmbda, critic_target=ppo.critic_target,
             n_step=ppo.n_step, advantage_norm=advantage_norm, value_norm=value_norm,
-            value_norm_update=ppo.value_norm_update, observation_keys=self.observation_keys, ranks=ranks,
-            adversarial_reward=adversarial_reward,
+            value_norm_update=ppo.value_norm_update, old_value_norm=ppo.old_value_norm,
+            observation_keys=self.observation_keys, ranks=ranks, adversarial_reward=adversarial_reward,
         )  # fmt: skip
         """The batch of a rollout (:class:`~sapg_torchrl.training.batch.TrainingBatch`): ``make_batch(data,
         final_observation_lost)``."""
