@@ -182,3 +182,23 @@ def test_probe_edits_a_copy_of_the_prepared_code_and_refuses_other_code(tmp_path
         probe.patched_copy(code, tmp_path / "again")
     with pytest.raises(SystemExit, match="is not a prepared rl_games/ folder"):
         probe.patched_copy(tmp_path, tmp_path / "other")
+
+
+def test_schedule_reads_both_sides_gzipped_or_not(tmp_path, capsys):
+    for seed, lrs in enumerate([(1e-3, 4e-3), (2e-3, 2e-3)]):
+        released = tmp_path / "runs" / "released" / "hopper" / f"seed{seed}"
+        released.mkdir(parents=True)
+        text = "frames,lr,kl\n" + "".join(f"{i * 10},{lr},0.02\n" for i, lr in enumerate(lrs))
+        with gzip.open(released / "schedule.csv.gz", "wt") as f:
+            f.write(text)
+        ours = tmp_path / "centre" / "sapg" / "hopper" / f"seed{seed}"
+        ours.mkdir(parents=True)
+        (ours / "config.yaml").write_text("seed: 0\n")
+        rows = "frames,train/lr,train/kl_approx\n" + "".join(f"{i * 10},{lr},0.01\n" for i, lr in enumerate(lrs))
+        (ours / ("metrics.csv" if seed else "metrics.csv.gz")).write_bytes(
+            rows.encode() if seed else gzip.compress(rows.encode())
+        )
+    _script("schedule").main([str(tmp_path / "runs"), str(tmp_path / "centre" / "sapg"), "--until", "10"])
+    out = capsys.readouterr().out
+    assert "| released | 2 | 0.0020 [0.0020, 0.0020] | 0.0200 [0.0200, 0.0200] |" in out  # geometric means of 1e-3, 4e-3
+    assert "| sapg | 2 | 0.0020 [0.0020, 0.0020] | 0.0100 [0.0100, 0.0100] |" in out

@@ -39,14 +39,22 @@ def recent_mean(frames: np.ndarray, returns: np.ndarray, at: float, recent: int 
     return float(done.mean()) if done.size else float("nan")
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of the CSV ``path`` (gzipped if it ends in ``.gz``), or of ``<path>.gz`` where ``path`` is not there
+    (the run data is committed gzipped)."""
+    if path.suffix != ".gz" and not path.is_file():
+        path = path.with_name(path.name + ".gz")
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
+        return list(csv.DictReader(f))
+
+
 def run_end(folder: Path, last_episode: float) -> float:
     """The frames a run collected in all: ``run.json``'s (``released.py``), else ``metrics.csv``'s last row (ours),
     else its last finished episode's."""
     if (folder / "run.json").is_file():
         return float(json.loads((folder / "run.json").read_text())["frames"])
-    if (folder / "metrics.csv").is_file():
-        with open(folder / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
+    if (folder / "metrics.csv").is_file() or (folder / "metrics.csv.gz").is_file():
+        rows = read_rows(folder / "metrics.csv")
         if rows:
             return float(rows[-1]["frames"])
     return last_episode
@@ -57,8 +65,7 @@ def load(roots: list[Path]) -> dict:
     committed) under the ``roots``; ``end``: :func:`run_end`."""
     runs: dict = {}
     for method, task, seed, path in found(roots, ("episodes.csv", "episodes.csv.gz")):
-        with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
-            rows = [(float(r["frames"]), float(r["return"])) for r in csv.DictReader(f)]
+        rows = [(float(r["frames"]), float(r["return"])) for r in read_rows(path.with_name("episodes.csv"))]
         if rows:
             frames, returns = map(np.array, zip(*rows))
             runs.setdefault(task, {}).setdefault(method, {})[seed] = (frames, returns, run_end(path.parent, frames.max()))

@@ -19,7 +19,7 @@ kept), each writing one row per optimizer step to ``--out`` (:data:`COLUMNS`):
   loss does;
 - ``stored_std`` / ``target_std``: their spreads; ``value_mean`` / ``value_std``: the value normaliser's statistics.
 
-``show`` prints, per iteration, each file's first-minibatch gap and clipped share, the last minibatch's clipped share
+``show`` (CSVs, or gzipped CSVs as committed) prints, per iteration, each file's first-minibatch gap and clipped share, the last minibatch's clipped share
 and the mean learning rate: how far the critic is from its targets and how much of the value loss is live.
 """
 
@@ -170,7 +170,9 @@ def patched_copy(code: Path, into: Path) -> Path:
 
 
 def show(paths: list[Path], every: int) -> None:
-    tables = [list(csv.DictReader(open(path))) for path in paths]
+    from compare import read_rows
+
+    tables = [read_rows(path) for path in paths]
     iterations = min(len(rows) for rows in tables) // STEPS_PER_ITERATION
     print("| iteration | " + " | ".join(f"{path}: gap, clipped first / last, lr" for path in paths) + " |")
     print("|---" * (1 + len(tables)) + "|")
@@ -199,6 +201,7 @@ def main(argv=None) -> None:
     s.add_argument("csv", type=Path, nargs="+")
     s.add_argument("--every", type=int, default=1, help="every k-th iteration")
     args, overrides = parser.parse_known_args(argv)
+    sys.path.insert(0, str(HERE))
     if args.command == "show":
         if overrides:
             parser.error(f"unrecognised arguments: {' '.join(overrides)}")
@@ -207,7 +210,6 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {args.out} exists: remove it or choose another --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     common = ["--seed", str(args.seed), "--frames", str(args.frames), "--threads", str(args.threads)]
-    sys.path.insert(0, str(HERE))
     with tempfile.TemporaryDirectory() as scratch:
         if args.command == "ours":
             import ours
