@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # released.py, ours.py and compare.py, beside this script
 COLUMNS = ["step", "lr", "kl_on", "kl_off", "grad_norm", "value_clip", "signed_gap", "abs_gap", "stored_std",
            "target_std", "value_mean", "value_std"]  # fmt: skip
 STEPS_PER_ITERATION = 20  # 5 epochs of 4 minibatches, the study's settings on both sides
@@ -155,16 +156,11 @@ def patched_copy(code: Path, into: Path) -> Path:
     ``rl_games/`` folder."""
     if not (code / "rl_games" / "torch_runner.py").is_file():
         raise SystemExit(f"error: --code {code} is not a prepared rl_games/ folder (see released.py prepare)")
+    from released import apply_edits
+
     target = into / "rl_games"
     shutil.copytree(code, target)
-    for name, edits in PROBE_EDITS.items():
-        path = target / name
-        text = path.read_text()
-        for old, new in edits:
-            if text.count(old) != 1:
-                raise SystemExit(f"error: {path} does not hold the expected line {old.strip()!r}: not the released code?")
-            text = text.replace(old, new)
-        path.write_text(text)
+    apply_edits(target, PROBE_EDITS)
     (target / "rl_games" / "common" / "probe_log.py").write_text(PROBE_LOG)
     return target
 
@@ -201,7 +197,6 @@ def main(argv=None) -> None:
     s.add_argument("csv", type=Path, nargs="+")
     s.add_argument("--every", type=int, default=1, help="every k-th iteration")
     args, overrides = parser.parse_known_args(argv)
-    sys.path.insert(0, str(HERE))
     if args.command == "show":
         if overrides:
             parser.error(f"unrecognised arguments: {' '.join(overrides)}")

@@ -89,15 +89,20 @@ def prepare(source: Path, out: Path) -> Path:
             if shown.returncode == 0:  # the mirror lacks a few large pictures and notebooks
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
                 (out / name).write_bytes(shown.stdout)
-    for name, edits in EDITS.items():
+    apply_edits(target, EDITS)
+    return target
+
+
+def apply_edits(target: Path, edits: dict) -> None:
+    """Applies ``{file under target: [(old, new)]}``, each ``old`` found exactly once, else stops naming the line."""
+    for name, pairs in edits.items():
         path = target / name
         text = path.read_text()
-        for old, new in edits:
+        for old, new in pairs:
             if text.count(old) != 1:
                 raise SystemExit(f"error: {path} does not hold the expected line {old.strip()!r}: not the released code?")
             text = text.replace(old, new)
         path.write_text(text)
-    return target
 
 
 def params(args) -> dict:
